@@ -1,0 +1,58 @@
+"""Training-split augmentation built from Keras preprocessing layers.
+
+Augmentation runs in the tf.data pipeline on training batches only, never inside the
+model, so evaluation and the exported serving graph cannot contain it.
+"""
+
+import keras
+
+# Random-resized-crop: core Keras has no such layer, keras-cv does.
+import keras_cv
+
+
+def build_augmenter(augment, image_size, seed=0):
+    """Returns a Sequential of random layers for ``augment`` (an AugmentConfig), or None.
+
+    Args:
+        augment: the config's ``augment`` section.
+        image_size: side of the square images the model takes.
+        seed: base seed; each layer gets its own derived seed.
+
+    Returns:
+        A ``keras.Sequential`` mapping (batch, load, load, 3) 0-255 images to
+        (batch, image_size, image_size, 3) 0-255 images, or None when nothing is enabled.
+        ``load`` is :func:`load_size` of the same config.
+    """
+    steps = []
+    if augment.random_resized_crop:
+        steps.append(keras_cv.layers.RandomCropAndResize(
+            target_size=(image_size, image_size), crop_area_factor=(augment.crop_area_min, 1.0),
+            aspect_ratio_factor=(3 / 4, 4 / 3), seed=seed + 1, name="random_resized_crop"))
+    elif augment.resize_crop:
+        steps.append(keras.layers.RandomCrop(image_size, image_size, seed=seed + 1, name="random_crop"))
+    if augment.horizontal_flip:
+        steps.append(keras.layers.RandomFlip("horizontal", seed=seed + 2, name="flip"))
+    if augment.rotation:
+        steps.append(keras.layers.RandomRotation(augment.rotation, fill_mode="reflect", seed=seed + 3,
+                                                 name="rotation"))
+    if augment.translation:
+        steps.append(keras.layers.RandomTranslation(augment.translation, augment.translation,
+                                                    fill_mode="reflect", seed=seed + 4, name="translation"))
+    if augment.zoom:
+        steps.append(keras.layers.RandomZoom(augment.zoom, fill_mode="reflect", seed=seed + 5, name="zoom"))
+    if augment.shear:
+        steps.append(keras.layers.RandomShear(augment.shear, augment.shear, fill_mode="reflect",
+                                              seed=seed + 6, name="shear"))
+    if augment.color_jitter:
+        factor = augment.color_jitter
+        steps.append(keras.layers.RandomColorJitter(
+            value_range=(0, 255), brightness_factor=factor, contrast_factor=factor,
+            saturation_factor=(0.5 - factor / 2, 0.5 + factor / 2), seed=seed + 7, name="color_jitter"))
+    if not steps:
+        return None
+    return keras.Sequential(steps, name="augment")
+
+
+def load_size(augment, image_size):
+    """The side images are decoded to before augmentation: larger when a crop follows."""
+    return max(augment.resize_crop, image_size)

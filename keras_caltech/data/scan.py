@@ -1,0 +1,197 @@
+"""Class discovery and the once-per-tree scan that keeps broken files out of every epoch.
+
+``image_dataset_from_directory`` raises on the first undecodable file mid-epoch, and
+real Caltech downloads hold a stray non-image file (``198.spider/RENAME2``), an empty
+nested folder (``056.dog/greg``), grayscale and CMYK JPEGs, and, from other sources,
+truncated or zero-byte files. The scan decodes every candidate once with the very
+decoder the pipeline uses, in parallel, keeps what decodes, and records why the rest
+was excluded. Results are cached per file (size and modification time), so a second
+run over an unchanged tree decodes nothing.
+"""
+
+import concurrent.futures
+import dataclasses
+import difflib
+import hashlib
+import json
+import os
+import pathlib
+
+import tensorflow as tf
+
+from keras_caltech.errors import UserError
+
+# The extensions image_dataset_from_directory accepts; anything else is reported, not read.
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+# Refuse images whose decoded pixels would not fit comfortably in memory.
+MAX_PIXELS = 250_000_000  # 250 MP, about 750 MB once decoded
+SCAN_CACHE_VERSION = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class ScanResult:
+    """The usable images of a folder-per-class tree.
+
+    Attributes:
+        root: the dataset folder (absolute).
+        class_names: class folder names in sorted order; a label is an index into it.
+        files: (path relative to root, label) for every image that decodes.
+        excluded: (path relative to root, reason) for every file left out.
+        classes_not_found: exclude_classes entries that matched no folder.
+    """
+
+    root: pathlib.Path
+    class_names: list
+    files: list
+    excluded: list
+    classes_not_found: list = dataclasses.field(default_factory=list)
+
+
+def _matches(folder_name, wanted):
+    """True if ``folder_name`` (e.g. ``257.clutter``) is named in ``wanted`` with or without its number."""
+    bare = folder_name.split(".", 1)[1] if "." in folder_name and folder_name.split(".", 1)[0].isdigit() \
+        else folder_name
+    return folder_name in wanted or bare in wanted
+
+
+def discover_classes(root, include=(), exclude=()):
+    """Returns (class folder names in sorted order, exclude names that matched nothing).
+
+    Args:
+        root: a folder with one subfolder per class (``NNN.name`` or any name).
+        include: keep only these classes (folder names or names without the number).
+        exclude: drop these classes, e.g. ``257.clutter`` or ``BACKGROUND_Google``.
+
+    Raises:
+        UserError: missing or empty root, an include name that matches no class, or
+            fewer than two classes left.
+    """
+    root = pathlib.Path(root)
+    if not root.exists():
+        raise UserError(f"dataset folder not found: {root}")
+    if not root.is_dir():
+        raise UserError(f"dataset path is not a folder: {root} (expected one subfolder per class)")
+    try:
+        folders = sorted(entry.name for entry in root.iterdir()
+                         if entry.is_dir() and not entry.name.startswith("."))
+    except PermissionError:
+        raise UserError(f"cannot read dataset folder (permission denied): {root}")
+    if not folders:
+        raise UserError(f"dataset folder {root} has no class subfolders "
+                        "(expected a tree like 001.ak47/001_0001.jpg)")
+    if include:
+        unknown = [name for name in include if not any(_matches(folder, {name}) for folder in folders)]
+        if unknown:
+            close = difflib.get_close_matches(unknown[0], folders, n=3)
+            raise UserError(f"data.include_classes names unknown class(es) {unknown}"
+                            + (f"; closest: {', '.join(close)}" if close else "")
+                            + f". {len(folders)} classes exist in {root}")
+        folders = [folder for folder in folders if _matches(folder, set(include))]
+    not_found = [name for name in exclude if not any(_matches(folder, {name}) for folder in folders)]
+    folders = [folder for folder in folders if not _matches(folder, set(exclude))]
+    if len(folders) < 2:
+        raise UserError(f"dataset {root} has {len(folders)} class(es) after include/exclude "
+                        f"({folders}); a classifier needs at least 2")
+    return folders, not_found
+
+
+def check_image(path):
+    """Decodes one file as the pipeline will; returns None if usable, else the reason."""
+    try:
+        if os.path.getsize(path) == 0:
+            return "empty file (0 bytes)"
+        data = tf.io.read_file(str(path))
+        if tf.io.is_jpeg(data):
+            # Cheap header read first, so a huge JPEG is refused before it is decoded.
+            height, width, _ = tf.io.extract_jpeg_shape(data).numpy()
+            if int(height) * int(width) > MAX_PIXELS:
+                return f"too large ({width}x{height} pixels; limit {MAX_PIXELS} pixels)"
+        image = tf.io.decode_image(data, channels=3, expand_animations=False)
+        height, width = int(image.shape[0]), int(image.shape[1])
+        if height == 0 or width == 0:
+            return "decodes to an empty image"
+        return None
+    except tf.errors.OpError as error:
+        return "cannot be decoded: " + (error.message.splitlines()[0] if error.message else type(error).__name__)
+    except OSError as error:
+        return f"cannot be read: {error.strerror or error}"
+
+
+def _cache_path(cache_dir, root):
+    digest = hashlib.sha1(str(root).encode()).hexdigest()[:16]
+    return pathlib.Path(cache_dir) / f"scan-{digest}.json"
+
+
+def _load_cache(path):
+    try:
+        cache = json.loads(path.read_text())
+        return cache["files"] if cache.get("version") == SCAN_CACHE_VERSION else {}
+    except (OSError, ValueError, KeyError):
+        return {}  # no cache or a damaged one: rescan, never trust it
+
+
+def scan_dataset(root, *, include=(), exclude=(), cache_dir=None, workers=0):
+    """Finds every usable image of a folder-per-class tree.
+
+    Args:
+        root: dataset folder.
+        include, exclude: class selection, see :func:`discover_classes`.
+        cache_dir: where per-tree scan results are cached; None disables the cache.
+        workers: decoding threads; 0 means one per CPU core.
+
+    Returns:
+        A :class:`ScanResult`.
+
+    Raises:
+        UserError: as :func:`discover_classes`, or no usable image in the tree.
+    """
+    root = pathlib.Path(root).resolve()
+    class_names, not_found = discover_classes(root, include, exclude)
+    candidates, excluded = [], []
+    for label, folder in enumerate(class_names):
+        for directory, subfolders, names in os.walk(root / folder):
+            subfolders.sort()  # walk order (and so file order) is the same on every machine
+            for name in sorted(names):
+                relative = os.path.relpath(os.path.join(directory, name), root)
+                if name.startswith("."):
+                    continue
+                if name.lower().endswith(IMAGE_EXTENSIONS):
+                    candidates.append((relative, label))
+                else:
+                    excluded.append((relative, "not an image file (extension)"))
+
+    cache_file = _cache_path(cache_dir, root) if cache_dir else None
+    cache = _load_cache(cache_file) if cache_file else {}
+    verdicts, to_check = {}, []
+    for relative, _ in candidates:
+        try:
+            stat = os.stat(root / relative)
+        except OSError as error:
+            verdicts[relative] = f"cannot be read: {error.strerror}"
+            continue
+        key = [stat.st_size, stat.st_mtime_ns]
+        cached = cache.get(relative)
+        if cached is not None and cached[:2] == key:
+            verdicts[relative] = cached[2]
+        else:
+            to_check.append((relative, key))
+    # Decoding releases the GIL inside TensorFlow ops, so threads use every core.
+    with concurrent.futures.ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:
+        reasons = pool.map(lambda item: check_image(root / item[0]), to_check)
+        for (relative, key), reason in zip(to_check, reasons):
+            verdicts[relative] = reason
+            cache[relative] = key + [reason]
+
+    if cache_file and to_check:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        temporary = cache_file.with_suffix(".tmp")
+        temporary.write_text(json.dumps({"version": SCAN_CACHE_VERSION, "root": str(root), "files": cache}))
+        os.replace(temporary, cache_file)  # atomic: a killed scan never leaves half a cache
+
+    files = [(relative, label) for relative, label in candidates if verdicts[relative] is None]
+    excluded += [(relative, verdicts[relative]) for relative, _ in candidates if verdicts[relative]]
+    if not files:
+        raise UserError(f"dataset {root} has no decodable images (.jpg, .jpeg, .png, .bmp, .gif) "
+                        f"in its {len(class_names)} class folders")
+    return ScanResult(root=root, class_names=class_names, files=files, excluded=sorted(excluded),
+                      classes_not_found=not_found)

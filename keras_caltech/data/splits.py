@@ -1,0 +1,71 @@
+"""Stratified, seeded train / validation / test splits.
+
+``image_dataset_from_directory``'s ``validation_split`` is not stratified, and with
+Caltech-256's imbalance (80 to 827 images per class) a random cut leaves some classes
+thin in the test set. Here every class is cut separately, so each split keeps the
+class proportions, and the cut depends only on the seed and the file list.
+"""
+
+import numpy as np
+
+from keras_caltech.errors import UserError
+
+SPLIT_NAMES = ("train", "val", "test")
+
+
+def stratified_split(files, class_names, *, test_fraction=0.2, val_fraction=0.1,
+                     train_per_class=0, seed=0):
+    """Splits (path, label) pairs into train, val and test, class by class.
+
+    Args:
+        files: list of (relative path, label).
+        class_names: the class names; labels index into it.
+        test_fraction: share of each class held out for testing (default protocol).
+        val_fraction: share of each class's training part held out for checkpoint
+            selection; 0 disables validation.
+        train_per_class: if > 0, the literature's protocol: this many training images
+            per class (validation carved from them), all the rest for testing.
+        seed: the split is a function of the seed and the file list only.
+
+    Returns:
+        dict with keys "train", "val", "test", each a list of (path, label) sorted by path.
+
+    Raises:
+        UserError: a fraction out of range, or a class too small for the protocol.
+    """
+    if not 0.0 < test_fraction < 1.0 and not train_per_class:
+        raise UserError(f"data.test_fraction must be between 0 and 1. Received: {test_fraction}")
+    if not 0.0 <= val_fraction < 1.0:
+        raise UserError(f"data.val_fraction must be in [0, 1). Received: {val_fraction}")
+    by_class = [[] for _ in class_names]
+    for path, label in sorted(files):
+        by_class[label].append(path)
+    splits = {name: [] for name in SPLIT_NAMES}
+    too_small = []
+    for label, paths in enumerate(by_class):
+        order = np.random.default_rng([seed, label]).permutation(len(paths))
+        paths = [paths[index] for index in order]
+        if train_per_class:
+            num_train = train_per_class
+            if len(paths) <= num_train:
+                too_small.append(f"{class_names[label]} ({len(paths)} images)")
+                continue
+        else:
+            num_test = max(1, round(len(paths) * test_fraction))
+            num_train = len(paths) - num_test
+            if num_train < 1:
+                too_small.append(f"{class_names[label]} ({len(paths)} images)")
+                continue
+        train, test = paths[:num_train], paths[num_train:]
+        num_val = round(len(train) * val_fraction)
+        if val_fraction > 0 and len(train) >= 2:
+            num_val = max(1, num_val)
+        splits["val"] += [(path, label) for path in train[:num_val]]
+        splits["train"] += [(path, label) for path in train[num_val:]]
+        splits["test"] += [(path, label) for path in test]
+    if too_small:
+        need = f"more than {train_per_class}" if train_per_class else "at least 2"
+        raise UserError(f"class(es) {', '.join(too_small)} have too few usable images "
+                        f"for this split (need {need}). Exclude them with data.exclude_classes "
+                        "or change the split settings")
+    return {name: sorted(pairs) for name, pairs in splits.items()}

@@ -1,0 +1,1 @@
+"""Evaluation: metrics from logits, and evaluating a model on a split."""

@@ -1,0 +1,1 @@
+"""Training: optimizers and schedules, callbacks, the run folder and the fit loop."""

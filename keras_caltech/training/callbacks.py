@@ -1,0 +1,60 @@
+"""Callbacks of our own, where Keras has none that does the job."""
+
+import math
+import os
+import pathlib
+
+import keras
+
+
+class StopOnNonFiniteLoss(keras.callbacks.Callback):
+    """Stops training at the first NaN or infinite batch loss and remembers where.
+
+    Keras' TerminateOnNaN stops too, but says only "Batch N: Invalid loss"; the trainer
+    reads ``stopped_epoch`` to tell the user which epoch failed and which checkpoint is
+    the last good one.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.stopped_epoch = None
+        self._epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            self.stopped_epoch = self._epoch + 1  # 1-based, as printed by fit
+            self.model.stop_training = True
+
+
+class BestCheckpoint(keras.callbacks.Callback):
+    """Saves the model whenever the monitored metric improves, atomically.
+
+    Keras' ModelCheckpoint writes the ``.keras`` zip in place, so a run killed during a
+    save leaves a damaged "best" model behind. This one saves to a temporary file and
+    renames it over the checkpoint, which is atomic on POSIX file systems.
+
+    Attributes:
+        best: the best value seen so far (None before the first epoch).
+        best_epoch: 1-based epoch of ``best``.
+    """
+
+    def __init__(self, path, monitor="val_accuracy"):
+        super().__init__()
+        self.path = pathlib.Path(path)
+        self.monitor = monitor
+        self.best = None
+        self.best_epoch = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = (logs or {}).get(self.monitor)
+        if value is None or not math.isfinite(float(value)):
+            return
+        if self.best is None or float(value) > self.best:
+            self.best, self.best_epoch = float(value), epoch + 1
+            temporary = self.path.with_name(f".{self.path.stem}.tmp.keras")
+            self.model.save(temporary)
+            os.replace(temporary, self.path)

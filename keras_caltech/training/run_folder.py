@@ -1,0 +1,115 @@
+"""The run folder: everything a trained model needs to be re-evaluated, explained or served.
+
+Layout of ``runs/NAME/``::
+
+    config.yaml          the resolved config
+    class_names.json     class folder names, in label order
+    splits.json          {"root": dataset folder, "train"/"val"/"test": [[relative path, label], ...]}
+    normalization.json   {"mode": ..., "mean": [...], "std": [...]} in 0-1 units
+    data_report.json     images used per split, files excluded and why
+    best.keras           the checkpoint with the best validation accuracy
+    history.csv          per-epoch metrics; logs/ for TensorBoard
+    metrics.json         test-split evaluation of best.keras
+    curves.png           loss and accuracy per epoch
+
+Every file is written to a temporary name and renamed into place, so a killed run
+never leaves a half-written file that a later command would trust.
+"""
+
+import dataclasses
+import json
+import os
+import pathlib
+import tempfile
+
+from keras_caltech.config import load_config
+from keras_caltech.errors import UserError
+
+BEST_MODEL = "best.keras"
+
+
+def write_atomically(path, text):
+    """Writes ``text`` to ``path`` through a temporary file and an atomic rename."""
+    path = pathlib.Path(path)
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(text)
+    os.replace(temporary, path)
+
+
+def write_json(path, value):
+    """Writes ``value`` as indented JSON, atomically."""
+    write_atomically(path, json.dumps(value, indent=2) + "\n")
+
+
+def read_json(path):
+    """Reads a JSON file of a run folder, naming the file when it is missing or damaged."""
+    path = pathlib.Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"{path.name} is missing from run folder {path.parent}")
+    except ValueError:
+        raise UserError(f"{path} is not valid JSON (damaged run folder?)")
+
+
+def create_run_folder(path):
+    """Creates an empty run folder; refuses one that already holds files.
+
+    Raises:
+        UserError: the folder exists and is not empty, or is a file.
+    """
+    path = pathlib.Path(path)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"--output-dir {path} is a file, not a folder")
+    if path.is_dir() and any(path.iterdir()):
+        raise UserError(f"run folder {path} already holds files; pick another --output-dir "
+                        "(refusing to mix two runs' files)")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@dataclasses.dataclass(frozen=True)
+class RunFolder:
+    """A finished (or checkpointed) run, read back from disk.
+
+    Attributes:
+        path: the run folder.
+        config: the resolved Config it was trained with.
+        class_names: class folder names in label order.
+        root: the dataset folder the split paths are relative to.
+        splits: {"train"/"val"/"test": [(relative path, label), ...]}.
+    """
+
+    path: pathlib.Path
+    config: object
+    class_names: list
+    root: pathlib.Path
+    splits: dict
+
+    @property
+    def model_path(self):
+        return self.path / BEST_MODEL
+
+    def split_files(self, split):
+        """Returns (absolute paths, labels) of a split."""
+        pairs = self.splits[split]
+        return [self.root / relative for relative, _ in pairs], [label for _, label in pairs]
+
+
+def open_run(path):
+    """Reads a run folder's config, classes and splits (not the model).
+
+    Raises:
+        UserError: not a folder, or a file it needs is missing or damaged.
+    """
+    path = pathlib.Path(path)
+    if not path.is_dir():
+        raise UserError(f"run folder not found: {path}")
+    config = load_config(path / "config.yaml") if (path / "config.yaml").is_file() else None
+    if config is None:
+        raise UserError(f"{path} is not a run folder (no config.yaml)")
+    splits = read_json(path / "splits.json")
+    return RunFolder(path=path, config=config, class_names=read_json(path / "class_names.json"),
+                     root=pathlib.Path(splits["root"]),
+                     splits={name: [tuple(pair) for pair in splits[name]] for name in ("train", "val", "test")})

@@ -1,0 +1,97 @@
+import pytest
+
+from keras_caltech.data import scan
+from keras_caltech.data.splits import stratified_split
+from keras_caltech.errors import UserError
+
+
+def test_classes_are_sorted_and_background_classes_can_be_excluded(messy_dataset):
+    root, _, _ = messy_dataset
+    classes, not_found = scan.discover_classes(root)
+    assert classes == ["001.circle", "002.ring", "257.clutter"]
+    classes, not_found = scan.discover_classes(root, exclude=("257.clutter", "BACKGROUND_Google"))
+    assert classes == ["001.circle", "002.ring"] and not_found == ["BACKGROUND_Google"]
+    classes, _ = scan.discover_classes(root, exclude=("clutter",))  # name without its number
+    assert classes == ["001.circle", "002.ring"]
+
+
+def test_a_named_subset_of_classes_can_be_kept(messy_dataset):
+    root, _, _ = messy_dataset
+    assert scan.discover_classes(root, include=("circle", "257.clutter"))[0] == ["001.circle", "257.clutter"]
+    with pytest.raises(UserError, match="unknown class.*circl"):
+        scan.discover_classes(root, include=("circl",))
+
+
+def test_scan_keeps_odd_but_valid_images_and_reports_every_broken_file(messy_dataset, tmp_path):
+    root, usable, broken = messy_dataset
+    result = scan.scan_dataset(root, exclude=("257.clutter",), cache_dir=tmp_path / "cache")
+    kept = {path for path, _ in result.files if path.startswith("002.ring/")}
+    assert kept == {f"002.ring/{name}" for name in usable} | {f"002.ring/002_{i:04d}.jpg" for i in range(1, 7)}
+    excluded = dict(result.excluded)
+    assert set(excluded) == {f"002.ring/{name}" for name in broken}
+    assert "0 bytes" in excluded["002.ring/zero.jpg"]
+    assert "extension" in excluded["002.ring/RENAME2"]
+    assert "decoded" in excluded["002.ring/truncated.jpg"]
+
+
+def test_a_second_scan_of_an_unchanged_tree_decodes_nothing(messy_dataset, tmp_path, monkeypatch):
+    root, _, _ = messy_dataset
+    first = scan.scan_dataset(root, cache_dir=tmp_path / "cache")
+    decoded = []
+    original = scan.check_image
+    monkeypatch.setattr(scan, "check_image", lambda path: decoded.append(path) or original(path))
+    second = scan.scan_dataset(root, cache_dir=tmp_path / "cache")
+    assert decoded == [] and second == first
+    (root / "001.circle" / "001_0001.jpg").write_bytes(b"")  # a changed file is rescanned
+    third = scan.scan_dataset(root, cache_dir=tmp_path / "cache")
+    assert [path.name for path in decoded] == ["001_0001.jpg"]
+    assert "001.circle/001_0001.jpg" in dict(third.excluded)
+
+
+@pytest.mark.parametrize("problem", ["missing", "file", "empty", "one_class", "no_images"])
+def test_unusable_dataset_folders_get_a_clear_error(tmp_path, problem):
+    root = tmp_path / "data"
+    if problem == "file":
+        root.write_text("not a folder")
+    elif problem != "missing":
+        root.mkdir()
+    if problem == "one_class":
+        (root / "001.only").mkdir()
+    if problem == "no_images":
+        for name in ("001.a", "002.b"):
+            (root / name).mkdir()
+            (root / name / "readme.txt").write_text("x")
+    with pytest.raises(UserError) as error:
+        scan.scan_dataset(root)
+    assert str(root) in str(error.value)
+
+
+def _files(counts):
+    return [(f"{label:03d}/{index}.jpg", label) for label, count in enumerate(counts) for index in range(count)]
+
+
+def test_split_is_stratified_disjoint_and_complete():
+    files = _files([100, 40, 10])
+    splits = stratified_split(files, ["a", "b", "c"], test_fraction=0.2, val_fraction=0.1, seed=3)
+    for label, count in enumerate([100, 40, 10]):
+        per_split = {name: sum(1 for _, lab in pairs if lab == label) for name, pairs in splits.items()}
+        assert per_split["test"] == round(count * 0.2)
+        assert per_split["val"] == max(1, round((count - round(count * 0.2)) * 0.1))
+        assert sum(per_split.values()) == count
+    all_paths = [path for pairs in splits.values() for path, _ in pairs]
+    assert len(all_paths) == len(set(all_paths)) == 150
+
+
+def test_split_depends_only_on_the_seed():
+    files = _files([30, 30])
+    first = stratified_split(files, ["a", "b"], seed=1)
+    assert first == stratified_split(list(reversed(files)), ["a", "b"], seed=1)
+    assert first != stratified_split(files, ["a", "b"], seed=2)
+
+
+def test_n_training_images_per_class_protocol_tests_on_the_rest():
+    splits = stratified_split(_files([50, 35]), ["a", "b"], train_per_class=30, val_fraction=0.0)
+    assert [sum(1 for _, lab in splits["train"] if lab == label) for label in (0, 1)] == [30, 30]
+    assert len(splits["test"]) == 20 + 5 and splits["val"] == []
+    with pytest.raises(UserError, match="b \\(35 images\\)"):
+        stratified_split(_files([50, 35]), ["a", "b"], train_per_class=40)

@@ -1,0 +1,62 @@
+import json
+
+import numpy as np
+from PIL import Image
+
+from keras_caltech.data import synthetic
+
+
+def test_generation_is_deterministic_for_a_seed(tmp_path):
+    first = synthetic.generate_dataset(tmp_path / "a", images_per_class=3, num_classes=3, seed=5)
+    second = synthetic.generate_dataset(tmp_path / "b", images_per_class=3, num_classes=3, seed=5)
+    other = synthetic.generate_dataset(tmp_path / "c", images_per_class=3, num_classes=3, seed=6)
+    files = sorted(path.relative_to(first) for path in first.rglob("*.jpg"))
+    assert len(files) == 9
+    assert all((first / f).read_bytes() == (second / f).read_bytes() for f in files)
+    assert any((first / f).read_bytes() != (other / f).read_bytes() for f in files)
+
+
+def test_layout_is_caltech_style_with_varied_sizes_and_boxes(tiny_dataset):
+    folders = sorted(path.name for path in tiny_dataset.iterdir() if path.is_dir())
+    assert folders == ["001.circle", "002.ring", "003.triangle", "004.square"]
+    assert sorted(p.name for p in (tiny_dataset / "002.ring").iterdir())[0] == "002_0001.jpg"
+    boxes = json.loads((tiny_dataset / "boxes.json").read_text())
+    assert len(boxes) == 48
+    sizes = set()
+    for relative, entry in boxes.items():
+        with Image.open(tiny_dataset / relative) as image:
+            assert image.size == (entry["width"], entry["height"])
+            sizes.add(image.size)
+        x0, y0, x1, y1 = entry["box"]
+        assert 0 <= x0 < x1 <= entry["width"] and 0 <= y0 < y1 <= entry["height"]
+    assert len(sizes) > 10
+
+
+def test_box_encloses_the_drawn_object_and_nothing_of_the_shape_lies_outside():
+    rng = np.random.default_rng(0)
+    image, box = synthetic.render_image("square", rng, 120, 160)
+    assert image.shape == (120, 160, 3) and image.dtype == np.uint8
+    x0, y0, x1, y1 = box
+    # The object covers a good part of its box: a box far larger than the object would be wrong.
+    assert (x1 - x0) * (y1 - y0) > 0.05 * 120 * 160
+
+
+def test_the_class_is_not_given_away_by_colour():
+    # Mean colour of objects per class should not separate classes: compare class means.
+    means = []
+    for class_index, name in enumerate(("circle", "star")):
+        colours = [synthetic.render_image(name, np.random.default_rng([9, class_index, i]), 80, 80)[0]
+                   .reshape(-1, 3).mean(axis=0) for i in range(40)]
+        means.append(np.mean(colours, axis=0))
+    assert np.abs(means[0] - means[1]).max() < 25
+
+
+def test_ensure_dataset_generates_once_then_reuses(tmp_path, monkeypatch):
+    root = tmp_path / "syn"
+    synthetic.ensure_dataset(root, images_per_class=2, seed=0)
+    calls = []
+    monkeypatch.setattr(synthetic, "generate_dataset", lambda *a, **k: calls.append(1))
+    synthetic.ensure_dataset(root, images_per_class=2, seed=0)
+    assert calls == []
+    synthetic.ensure_dataset(root, images_per_class=3, seed=0)  # different size: regenerate
+    assert calls == [1]
