@@ -1,0 +1,1 @@
+"""Datasets: fetching the Caltech archives and reading folder-per-class image trees."""
