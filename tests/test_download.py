@@ -121,7 +121,7 @@ def class_images(root):
 
 
 def tar_bytes(root="256_ObjectCategories", extra=(), compression=""):
-    """Returns a tar archive of the tiny tree plus ``extra`` (name, data, type, linkname) members."""
+    """Returns a tar of the tiny tree plus ``extra`` members, each (name, data, type, linkname)."""
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode=f"w:{compression}") as archive:
         for name, data in class_images(root).items():
@@ -244,6 +244,7 @@ def test_a_tar_member_that_would_land_outside_the_destination_is_refused(
         download_dataset("caltech256", dest, progress=False)
 
     assert reason in str(error.value)
+    assert "were deleted" in str(error.value)
     assert sorted(tmp_path.iterdir()) == sorted(before + [dest])  # nothing beside dest
     assert list(dest.iterdir()) == []  # the refused archive and partial extraction are gone
 
@@ -346,6 +347,34 @@ def test_a_resumed_download_over_corrupt_kept_bytes_fails_the_md5_and_is_deleted
 
     assert not part_path.exists()
     assert not (dest / "256_ObjectCategories").exists()
+
+
+def test_an_archive_already_in_the_folder_is_checked_and_used_without_downloading(
+        tmp_path, server, monkeypatch):
+    data = tar_bytes()
+    source = serve_dataset(monkeypatch, server, "caltech256", data)
+    dest = tmp_path / "data"
+    dest.mkdir()
+    (dest / source.filename).write_bytes(data)  # e.g. copied in by the user
+
+    root = download_dataset("caltech256", dest, progress=False)
+
+    assert extracted_files(root) == EXPECTED_IMAGES
+    assert server.requests == []
+
+
+def test_a_wrong_archive_already_in_the_folder_is_refused_and_deleted(
+        tmp_path, server, monkeypatch):
+    source = serve_dataset(monkeypatch, server, "caltech256", tar_bytes())
+    dest = tmp_path / "data"
+    dest.mkdir()
+    (dest / source.filename).write_bytes(tar_bytes("something_else"))
+
+    with pytest.raises(UserError, match="found in the download folder"):
+        download_dataset("caltech256", dest, progress=False)
+
+    assert list(dest.iterdir()) == []
+    assert server.requests == []
 
 
 def test_a_server_404_is_a_user_error_naming_the_url_and_the_manual_route(

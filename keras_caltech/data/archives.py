@@ -40,9 +40,8 @@ def extract_archive(archive_path, target_dir):
     elif tarfile.is_tarfile(archive_path):
         _extract_tar(archive_path, target_dir)
     else:
-        raise UserError(
-            f"{archive_path} is neither a tar nor a zip archive, so it cannot be extracted. "
-            "Delete it and download it again.")
+        raise UserError(f"{archive_path} is neither a tar nor a zip archive, so it cannot be "
+                        "extracted.")
 
 
 def unsafe_member_reason(name, target_dir):
@@ -72,8 +71,7 @@ def _refusal(archive_path, member_name, reason):
     return UserError(
         f"refused to extract {archive_path}: member {member_name!r} has an unsafe path "
         f"({reason}). An archive may only write inside its extraction folder, so nothing "
-        "was extracted outside it. The file is not the expected dataset archive: delete it "
-        "and download it again, or download the dataset manually and pass --data.")
+        "was extracted outside it. The file is not the expected dataset archive.")
 
 
 def _strict_data_filter(member, target_dir):
@@ -113,7 +111,7 @@ def _extract_tar(archive_path, target_dir):
         # OSError covers both a corrupt gzip stream and a full disk; the message names both.
         raise UserError(
             f"{archive_path} could not be extracted ({error}): the archive is damaged or "
-            "the disk is full. Free some space, or delete the archive and download it again."
+            "the disk is full."
         ) from error
 
 
@@ -143,5 +141,5 @@ def _extract_zip(archive_path, target_dir):
     except (zipfile.BadZipFile, EOFError, OSError) as error:
         raise UserError(
             f"{archive_path} could not be extracted ({error}): the archive is damaged or "
-            "the disk is full. Free some space, or delete the archive and download it again."
+            "the disk is full."
         ) from error

@@ -124,11 +124,12 @@ def download_dataset(name, dest_dir, *, url=None, progress=True):
     archive_path = dest_dir / source.filename
     if archive_path.is_file():
         # Renamed into place only after its md5 matched, but a copied-in file was not.
-        _verify_md5(archive_path, _md5_of_file(archive_path), source, url)
+        _verify_md5(archive_path, _md5_of_file(archive_path), source,
+                    origin=f"{archive_path} (found in the download folder)")
     else:
         part_path = dest_dir / (source.filename + ".part")
         received_md5 = _download(url, part_path, label=name, progress=progress)
-        _verify_md5(part_path, received_md5, source, url)
+        _verify_md5(part_path, received_md5, source, origin=url)
         os.replace(part_path, archive_path)
 
     _extract_into_place(source, archive_path, dest_dir / f"{name}.extracting", root)
@@ -148,21 +149,21 @@ def _extract_into_place(source, archive_path, work_dir, root):
             if len(inner_paths) != 1:
                 raise UserError(
                     f"{archive_path} should contain exactly one {source.inner_archive}. "
-                    f"Received: {len(inner_paths)}. Delete it and download it again, or "
-                    "download the dataset manually and pass --data.")
+                    f"Received: {len(inner_paths)}.")
             extract_archive(inner_paths[0], work_dir)
         extracted_root = work_dir / source.archive_root
         if not extracted_root.is_dir():
             found = sorted(path.name for path in work_dir.iterdir())
             raise UserError(
                 f"{archive_path} did not contain the dataset folder {source.archive_root}. "
-                f"Received top-level entries: {', '.join(found) or '(none)'}. Delete it and "
-                "download it again, or download the dataset manually and pass --data.")
-    except UserError:
+                f"Received top-level entries: {', '.join(found) or '(none)'}.")
+    except UserError as error:
         # A refused or wrong archive is of no further use: remove it and what it wrote.
         shutil.rmtree(work_dir)
         archive_path.unlink()
-        raise
+        raise UserError(
+            f"{error} The archive and its partial extraction were deleted. Run again to "
+            "download it afresh, or download the dataset manually and pass --data.") from error
     (extracted_root / COMPLETE_MARKER).write_text(f"{source.filename} md5 {source.md5}\n")
     os.replace(extracted_root, root)  # atomic: root appears whole, marker included
     shutil.rmtree(work_dir)  # the rest of the archive (e.g. Caltech-101's annotations)
@@ -253,13 +254,20 @@ def _md5_of_file(path, *, as_hash=False):
     return digest if as_hash else digest.hexdigest()
 
 
-def _verify_md5(path, received_md5, source, url):
-    """Deletes ``path`` and raises UserError unless ``received_md5`` is the source's md5."""
+def _verify_md5(path, received_md5, source, *, origin):
+    """Deletes ``path`` and raises UserError unless ``received_md5`` is the source's md5.
+
+    Args:
+        path: the file whose md5 was computed.
+        received_md5: its md5, hex.
+        source: the :class:`DatasetSource` it should match.
+        origin: where the file came from (a URL), for the message.
+    """
     if received_md5 == source.md5:
         return
     path.unlink()
     raise UserError(
-        f"checksum mismatch for {source.filename} from {url}: expected md5 {source.md5}, "
+        f"checksum mismatch for {source.filename} from {origin}: expected md5 {source.md5}, "
         f"received md5 {received_md5}. The file was deleted. Run again to download it "
         "afresh; if it keeps failing, download the dataset manually and pass --data.")
 
@@ -281,6 +289,7 @@ class _ProgressLine:
         self.interval_seconds = 0.5 if self.in_place else 10.0
         self.start_time = time.monotonic()
         self.last_print_time = self.start_time
+        self.last_width = 0
 
     def text(self, received_bytes):
         """Returns the progress line for ``received_bytes`` received so far."""
@@ -309,7 +318,10 @@ class _ProgressLine:
 
     def _write(self, received_bytes, end):
         if self.in_place:
-            self.stream.write(f"\r{self.text(received_bytes)}{end}")
+            line = self.text(received_bytes)
+            # Pad over the previous line's tail, which a shorter line would leave visible.
+            self.stream.write(f"\r{line.ljust(self.last_width)}{end}")
+            self.last_width = len(line)
         else:
             self.stream.write(f"{self.text(received_bytes)}\n")
         self.stream.flush()
