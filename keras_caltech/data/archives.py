@@ -34,7 +34,6 @@ def extract_archive(archive_path, target_dir):
     """
     archive_path = pathlib.Path(archive_path)
     target_dir = pathlib.Path(target_dir)
-    # Zip first: a zip can carry bytes that tarfile's header sniffing accepts by chance.
     if zipfile.is_zipfile(archive_path):
         _extract_zip(archive_path, target_dir)
     elif tarfile.is_tarfile(archive_path):
