@@ -1,0 +1,327 @@
+"""Downloads, verifies and extracts the Caltech-256 and Caltech-101 datasets.
+
+``download_dataset("caltech256", "data")`` leaves ``data/256_ObjectCategories/``, a
+folder-per-class tree, and returns its path. Every step survives an interruption:
+
+1. The archive downloads to ``<dest>/<file>.part``; a rerun resumes it with an HTTP
+   ``Range`` request where the server allows (else starts over). Its md5 is computed while
+   it streams, and only a matching file is renamed to ``<dest>/<file>``.
+2. It is extracted into ``<dest>/<name>.extracting/`` (a leftover one from an interrupted
+   run is deleted first). A ``.complete`` marker is written into the dataset folder last,
+   then the folder is renamed into place, a single atomic step: the final folder never
+   exists half-extracted.
+3. Later calls find the marked folder and return it without touching the network.
+
+The archive is deleted once extracted: the folder is what training reads, and the
+Caltech-256 tar alone is 1.2 GB.
+
+Only the Python standard library is used (urllib, hashlib): a dependency such as
+``requests`` or ``tqdm`` would buy little for one streaming GET.
+"""
+
+import dataclasses
+import difflib
+import hashlib
+import http.client
+import os
+import pathlib
+import shutil
+import sys
+import time
+import urllib.error
+import urllib.request
+
+from keras_caltech import __version__
+from keras_caltech.data.archives import extract_archive
+from keras_caltech.errors import UserError
+
+COMPLETE_MARKER = ".complete"
+_CHUNK_BYTES = 1 << 20
+_TIMEOUT_SECONDS = 60  # per socket operation, not for the whole download
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSource:
+    """Where one dataset is published and what its archive holds.
+
+    Attributes:
+        url: the official download address.
+        filename: the archive's file name, kept under ``dest_dir``.
+        md5: the archive's md5, hex; the download is refused unless it matches.
+        archive_root: the folder-per-class directory the archive extracts to.
+        inner_archive: file name of an archive nested in the downloaded one, which holds
+            ``archive_root``; None when ``archive_root`` is in the download itself.
+    """
+
+    url: str
+    filename: str
+    md5: str
+    archive_root: str
+    inner_archive: str | None = None
+
+
+SOURCES = {
+    # Published by Caltech with this md5 (also the one torchvision checks).
+    "caltech256": DatasetSource(
+        url="https://data.caltech.edu/records/nyy15-4j048/files/256_ObjectCategories.tar?download=1",
+        filename="256_ObjectCategories.tar",
+        md5="67b4f42ca05d46448c6bb8ecd2220f6d",
+        archive_root="256_ObjectCategories"),
+    # CaltechDATA serves a zip holding caltech-101/101_ObjectCategories.tar.gz and the
+    # annotations. Caltech does not publish the zip's md5; this is the one that
+    # mlverse/torchvision (R/dataset-caltech.R) and other public loaders check for this
+    # exact URL.
+    "caltech101": DatasetSource(
+        url="https://data.caltech.edu/records/mzrjq-6wc02/files/caltech-101.zip?download=1",
+        filename="caltech-101.zip",
+        md5="3138e1922a9193bfa496528edbbc45d0",
+        archive_root="101_ObjectCategories",
+        inner_archive="101_ObjectCategories.tar.gz"),
+}
+
+
+def download_dataset(name, dest_dir, *, url=None, progress=True):
+    """Downloads, verifies and extracts a Caltech dataset, or reuses an earlier result.
+
+    Args:
+        name: "caltech256" or "caltech101".
+        dest_dir: folder that receives the archive and the extracted dataset; created
+            if missing.
+        url: download from this address (a mirror) instead of the official one; the
+            file must still match the official md5.
+        progress: print a progress line (bytes, %, MB/s) on stderr while downloading.
+
+    Returns:
+        The extracted folder-per-class root, ``dest_dir/256_ObjectCategories`` or
+        ``dest_dir/101_ObjectCategories``.
+
+    Raises:
+        UserError: unknown name, network failure, checksum mismatch, an unsafe or
+            damaged archive, or a dataset folder at the destination that this function
+            did not finish writing.
+    """
+    if name not in SOURCES:
+        close = difflib.get_close_matches(name, SOURCES, n=1)
+        hint = f" Did you mean {close[0]}?" if close else ""
+        raise UserError(f"unknown dataset {name!r}.{hint} Valid datasets: {', '.join(SOURCES)}")
+    source = SOURCES[name]
+    url = url or source.url
+    dest_dir = pathlib.Path(dest_dir)
+    if dest_dir.exists() and not dest_dir.is_dir():
+        raise UserError(f"the download folder {dest_dir} is a file. Pass a folder path instead.")
+    dest_dir.mkdir(parents=True, exist_ok=True)
+
+    root = dest_dir / source.archive_root
+    if (root / COMPLETE_MARKER).is_file():
+        return root
+    if root.exists():
+        # Not ours (ours appear with the marker in one rename), so it may be the user's data.
+        raise UserError(
+            f"{root} exists but was not completely extracted by download_dataset (no "
+            f"{COMPLETE_MARKER} marker inside). If it is a dataset you placed there, pass it "
+            "with --data instead of downloading; otherwise delete it and run again.")
+
+    archive_path = dest_dir / source.filename
+    if archive_path.is_file():
+        # Renamed into place only after its md5 matched, but a copied-in file was not.
+        _verify_md5(archive_path, _md5_of_file(archive_path), source,
+                    origin=f"{archive_path} (found in the download folder)")
+    else:
+        part_path = dest_dir / (source.filename + ".part")
+        received_md5 = _download(url, part_path, label=name, progress=progress)
+        _verify_md5(part_path, received_md5, source, origin=url)
+        os.replace(part_path, archive_path)
+
+    _extract_into_place(source, archive_path, dest_dir / f"{name}.extracting", root)
+    archive_path.unlink()
+    return root
+
+
+def _extract_into_place(source, archive_path, work_dir, root):
+    """Extracts into ``work_dir``, marks the dataset folder complete, renames it to ``root``."""
+    if work_dir.exists():
+        shutil.rmtree(work_dir)  # left by an interrupted run; its contents are unknown
+    work_dir.mkdir()
+    try:
+        extract_archive(archive_path, work_dir)
+        if source.inner_archive is not None:
+            inner_paths = sorted(work_dir.rglob(source.inner_archive))
+            if len(inner_paths) != 1:
+                raise UserError(
+                    f"{archive_path} should contain exactly one {source.inner_archive}. "
+                    f"Received: {len(inner_paths)}.")
+            extract_archive(inner_paths[0], work_dir)
+        extracted_root = work_dir / source.archive_root
+        if not extracted_root.is_dir():
+            found = sorted(path.name for path in work_dir.iterdir())
+            raise UserError(
+                f"{archive_path} did not contain the dataset folder {source.archive_root}. "
+                f"Received top-level entries: {', '.join(found) or '(none)'}.")
+    except UserError as error:
+        # A refused or wrong archive is of no further use: remove it and what it wrote.
+        shutil.rmtree(work_dir)
+        archive_path.unlink()
+        raise UserError(
+            f"{error} The archive and its partial extraction were deleted. Run again to "
+            "download it afresh, or download the dataset manually and pass --data.") from error
+    (extracted_root / COMPLETE_MARKER).write_text(f"{source.filename} md5 {source.md5}\n")
+    os.replace(extracted_root, root)  # atomic: root appears whole, marker included
+    shutil.rmtree(work_dir)  # the rest of the archive (e.g. Caltech-101's annotations)
+
+
+def _download(url, part_path, *, label, progress):
+    """Downloads ``url`` into ``part_path``, resuming a partial file where the server allows.
+
+    Args:
+        url: the address to fetch.
+        part_path: the partial file; appended to when the server honours ``Range``.
+        label: dataset name shown on the progress line.
+        progress: whether to print the progress line.
+
+    Returns:
+        The md5 (hex) of the complete file at ``part_path``.
+
+    Raises:
+        UserError: the server could not be reached, answered with an error, or closed
+            the connection early (the partial file is kept for the next run to resume).
+    """
+    offset = part_path.stat().st_size if part_path.is_file() else 0
+    request = urllib.request.Request(url, headers={"User-Agent": f"keras_caltech/{__version__}"})
+    if offset:
+        request.add_header("Range", f"bytes={offset}-")
+    try:
+        response = urllib.request.urlopen(request, timeout=_TIMEOUT_SECONDS)
+    except urllib.error.HTTPError as error:
+        if error.code == 416 and offset:
+            # "Range not satisfiable": the previous run got every byte but stopped before
+            # the rename. The md5 check decides whether the file is whole.
+            return _md5_of_file(part_path)
+        raise _network_error(url, f"HTTP {error.code} {error.reason}") from error
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as error:
+        raise _network_error(url, getattr(error, "reason", error)) from error
+
+    with response:
+        resumed = bool(offset) and response.status == 206 and _range_start(response) == offset
+        if resumed:
+            digest = _md5_of_file(part_path, as_hash=True)  # continue over the kept bytes
+        else:
+            offset = 0  # the server ignored Range and sends the whole file: start over
+            digest = hashlib.md5(usedforsecurity=False)
+        length = response.headers.get("Content-Length")
+        total_bytes = offset + int(length) if length and length.isdigit() else None
+        meter = _ProgressLine(label, total_bytes, offset, enabled=progress)
+        received = offset
+        try:
+            with open(part_path, "ab" if resumed else "wb") as part_file:
+                while chunk := response.read(_CHUNK_BYTES):
+                    part_file.write(chunk)
+                    digest.update(chunk)
+                    received += len(chunk)
+                    meter.update(received)
+        except (OSError, http.client.HTTPException) as error:
+            meter.finish(received)
+            raise _network_error(
+                url, f"{error} after {received} bytes; run again to resume") from error
+        meter.finish(received)
+    if total_bytes is not None and received != total_bytes:
+        raise _network_error(
+            url, f"the connection closed after {received} of {total_bytes} bytes; "
+                 "run again to resume")
+    return digest.hexdigest()
+
+
+def _range_start(response):
+    """Returns the first byte offset of a 206 response's ``Content-Range``, or None."""
+    content_range = response.headers.get("Content-Range", "")  # "bytes 100-199/200"
+    unit, _, span = content_range.partition(" ")
+    start = span.split("-", 1)[0]
+    return int(start) if unit == "bytes" and start.isdigit() else None
+
+
+def _network_error(url, reason):
+    """Returns the UserError for a failed download, with the manual-download hint."""
+    return UserError(
+        f"could not download {url}: {reason}. Check the connection and run again, or "
+        "download and extract the dataset manually and pass its folder with --data.")
+
+
+def _md5_of_file(path, *, as_hash=False):
+    """Returns the md5 of a file (hex, or the hashlib object to continue feeding)."""
+    digest = hashlib.md5(usedforsecurity=False)  # an integrity check, not security
+    with open(path, "rb") as file:
+        while chunk := file.read(_CHUNK_BYTES):
+            digest.update(chunk)
+    return digest if as_hash else digest.hexdigest()
+
+
+def _verify_md5(path, received_md5, source, *, origin):
+    """Deletes ``path`` and raises UserError unless ``received_md5`` is the source's md5.
+
+    Args:
+        path: the file whose md5 was computed.
+        received_md5: its md5, hex.
+        source: the :class:`DatasetSource` it should match.
+        origin: where the file came from (a URL), for the message.
+    """
+    if received_md5 == source.md5:
+        return
+    path.unlink()
+    raise UserError(
+        f"checksum mismatch for {source.filename} from {origin}: expected md5 {source.md5}, "
+        f"received md5 {received_md5}. The file was deleted. Run again to download it "
+        "afresh; if it keeps failing, download the dataset manually and pass --data.")
+
+
+class _ProgressLine:
+    """Prints ``label: 12.3/1183.0 MB (1%) 5.2 MB/s`` on stderr while a download runs.
+
+    On a terminal the line is redrawn in place twice a second; in a log file (not a
+    terminal) a new line is written every 10 seconds, so logs stay readable.
+    """
+
+    def __init__(self, label, total_bytes, start_bytes, *, enabled, stream=None):
+        self.label = label
+        self.total_bytes = total_bytes
+        self.start_bytes = start_bytes  # resumed bytes do not count toward the speed
+        self.enabled = enabled
+        self.stream = stream or sys.stderr
+        self.in_place = self.stream.isatty()
+        self.interval_seconds = 0.5 if self.in_place else 10.0
+        self.start_time = time.monotonic()
+        self.last_print_time = self.start_time
+        self.last_width = 0
+
+    def text(self, received_bytes):
+        """Returns the progress line for ``received_bytes`` received so far."""
+        megabyte = 1e6
+        elapsed = max(time.monotonic() - self.start_time, 1e-6)
+        speed = (received_bytes - self.start_bytes) / megabyte / elapsed
+        if self.total_bytes:
+            percent = 100 * received_bytes // self.total_bytes
+            amount = (f"{received_bytes / megabyte:.1f}/{self.total_bytes / megabyte:.1f} MB "
+                      f"({percent}%)")
+        else:
+            amount = f"{received_bytes / megabyte:.1f} MB"
+        return f"{self.label}: {amount} {speed:.1f} MB/s"
+
+    def update(self, received_bytes):
+        """Prints the line if the print interval has passed."""
+        now = time.monotonic()
+        if self.enabled and now - self.last_print_time >= self.interval_seconds:
+            self.last_print_time = now
+            self._write(received_bytes, end="")
+
+    def finish(self, received_bytes):
+        """Prints the final line and ends it."""
+        if self.enabled:
+            self._write(received_bytes, end="\n")
+
+    def _write(self, received_bytes, end):
+        if self.in_place:
+            line = self.text(received_bytes)
+            # Pad over the previous line's tail, which a shorter line would leave visible.
+            self.stream.write(f"\r{line.ljust(self.last_width)}{end}")
+            self.last_width = len(line)
+        else:
+            self.stream.write(f"{self.text(received_bytes)}\n")
+        self.stream.flush()

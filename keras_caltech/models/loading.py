@@ -1,0 +1,80 @@
+"""Loading saved ``.keras`` models in Keras safe mode, with errors a user can act on.
+
+Safe mode refuses to deserialize Python bytecode (a ``Lambda(lambda ...)`` layer), which
+would otherwise run arbitrary code from the file on load. Our models never need it: their
+custom layers are registered Keras-serializable classes (see ``layers.py``), known to
+the loader because this module lives in ``keras_caltech.models``, whose ``__init__``
+imports every model module before this one runs.
+"""
+
+import pathlib
+import zipfile
+
+import keras
+
+import keras_caltech.models  # noqa: F401  (registers our custom layers; see module docstring)
+from keras_caltech.errors import UserError
+
+# Substrings of Keras' safe-mode refusal, which is a plain ValueError; checked loosely so a
+# reworded message in a later Keras still maps to the clear error below.
+_SAFE_MODE_PHRASES = ("safe_mode", "arbitrary code")
+
+
+def load_model_safely(path):
+    """Loads a ``.keras`` model file with ``safe_mode=True``.
+
+    Args:
+        path: a ``.keras`` file written by ``model.save``.
+
+    Returns:
+        The ``keras.Model``, with our registered custom layers restored.
+
+    Raises:
+        UserError: the path is missing, is a directory, cannot be read, is not a
+            ``.keras`` zip file, carries Python code (a Lambda layer) that safe mode
+            refuses, or otherwise fails to deserialize.
+    """
+    path = pathlib.Path(path)
+    if not path.exists():
+        raise UserError(f"model file not found: {path}. Pass the path of a .keras file.")
+    if path.is_dir():
+        inside = sorted(child.name for child in path.glob("*.keras"))
+        hint = (f" It contains: {', '.join(inside)}; pass one of them." if inside
+                else " Pass the .keras file itself, not its folder.")
+        raise UserError(f"expected a .keras model file, received a directory: {path}.{hint}")
+    try:
+        with open(path, "rb") as file:
+            file.read(4)
+    except PermissionError as error:
+        raise UserError(f"cannot read model file {path}: permission denied. Make it readable "
+                        f"(e.g. chmod u+r {path}) or copy it somewhere you can read.") from error
+    if path.suffix != ".keras" or not zipfile.is_zipfile(path):
+        size = path.stat().st_size
+        raise UserError(
+            f"{path} is not a .keras model file (a zip archive named *.keras, written by "
+            f"model.save). Received: a {size}-byte file named {path.name!r}. Pass a file saved "
+            "with model.save('name.keras'); SavedModel folders and .h5 files are not loaded here.")
+
+    try:
+        return keras.saving.load_model(path, safe_mode=True)
+    except ValueError as error:
+        message = str(error)
+        if any(phrase in message for phrase in _SAFE_MODE_PHRASES):
+            raise UserError(
+                f"refused to load {path}: it contains Python code (e.g. a Lambda layer "
+                "wrapping a lambda), and safe mode forbids deserializing arbitrary code, "
+                "which would run on load. Rebuild the model from registered layers only "
+                "(see keras_caltech.models). Only for a file you made yourself and trust: "
+                "keras.saving.load_model(path, safe_mode=False).") from error
+        raise _load_error(path, error) from error
+    except (TypeError, KeyError, OSError, zipfile.BadZipFile) as error:
+        raise _load_error(path, error) from error
+
+
+def _load_error(path, error):
+    """Returns the UserError for a ``.keras`` file that Keras could not deserialize."""
+    first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return UserError(
+        f"could not load model {path}: {first_line}. The file may be damaged, or saved by "
+        "code with custom layers that keras_caltech does not register; re-export it from "
+        "a keras_caltech training run.")
