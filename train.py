@@ -10,6 +10,7 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's C++ start-up chatter
 
+DOWNLOAD_DIR = "data"
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "default.yaml")
 
 
@@ -28,6 +29,9 @@ def parse_args(argv):
                                        "default: the built-in synthetic dataset")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="override one config field, e.g. --set train.epochs=3 (repeatable)")
+    parser.add_argument("--dataset", choices=("caltech256", "caltech101"),
+                        help="download (once, with checksum) and train on an official Caltech dataset "
+                             "under data/ (overrides --data)")
     parser.add_argument("--output-dir", help="run folder to create (default: runs/NAME-DATE-TIME)")
     parser.add_argument("--dry-run", action="store_true",
                         help="build the model, print its summary and parameter count, train nothing")
@@ -43,6 +47,9 @@ def main(argv=None):
 
     try:
         overrides = list(args.set) + ([f"data.root={args.data}"] if args.data else [])
+        if args.dataset:
+            from keras_caltech.data.download import download_dataset
+            overrides.append(f"data.root={download_dataset(args.dataset, DOWNLOAD_DIR)}")
         config = load_config(args.config, overrides)
         if args.dry_run:
             trainer.dry_run(config)

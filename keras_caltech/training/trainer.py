@@ -19,6 +19,7 @@ from keras_caltech.data.splits import SPLIT_NAMES, stratified_split
 from keras_caltech.errors import UserError
 from keras_caltech.evaluation.evaluate import evaluate_model
 from keras_caltech.models import create_model, get_model_entry
+from keras_caltech.models.loading import load_model_safely
 from keras_caltech.training.callbacks import BestCheckpoint, StopOnNonFiniteLoss
 from keras_caltech.training.optim import make_optimizer
 from keras_caltech.training.run_folder import (BEST_MODEL, create_run_folder, write_atomically,
@@ -160,7 +161,7 @@ def train(config, output_dir=None, *, verbose=None, log=print):
         raise UserError(f"training stopped: the loss became NaN or infinite in epoch {nan_guard.stopped_epoch}; "
                         f"{last_good}. Try a lower train.learning_rate")
 
-    best_model = keras.saving.load_model(run_dir / BEST_MODEL, safe_mode=True)
+    best_model = load_model_safely(run_dir / BEST_MODEL)
     test_data = make_dataset(views["test"], class_names, image_size, batch_size)
     metrics = evaluate_model(best_model, test_data, class_names)
     metrics.update(split="test", best_epoch=checkpoint.best_epoch, monitor=monitor,

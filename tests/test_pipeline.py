@@ -1,0 +1,111 @@
+import dataclasses
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_caltech.config import AugmentConfig
+from keras_caltech.data import pipeline, scan
+from keras_caltech.data.augment import build_augmenter, load_size
+from keras_caltech.data.splits import stratified_split
+
+
+@pytest.fixture()
+def test_view(tiny_dataset, tmp_path):
+    result = scan.scan_dataset(tiny_dataset)
+    splits = stratified_split(result.files, result.class_names, seed=0)
+    view = pipeline.materialize_split(result.root, splits["test"], result.class_names, tmp_path / "view")
+    return result, splits["test"], view
+
+
+def test_pipeline_labels_and_files_are_the_split_in_class_order(test_view):
+    result, pairs, view = test_view
+    dataset = pipeline.make_dataset(view, result.class_names, 32, 4)
+    labels = np.concatenate([batch_labels.numpy() for _, batch_labels in dataset])
+    assert sorted(labels.tolist()) == sorted(label for _, label in pairs)
+    assert labels.tolist() == sorted(labels.tolist())  # unshuffled: class by class
+
+
+def test_every_path_preprocesses_an_image_exactly_as_training_does(test_view):
+    """One source of truth: the dataset, load_image and decode_and_resize agree bit for bit."""
+    result, pairs, view = test_view
+    batch, _ = next(iter(pipeline.make_dataset(view, result.class_names, 40, 64)))
+    dataset = keras.utils.image_dataset_from_directory(
+        view, class_names=result.class_names, batch_size=None, image_size=(8, 8), shuffle=False)
+    for index, path in enumerate(dataset.file_paths[:5]):
+        np.testing.assert_array_equal(batch[index].numpy(), pipeline.load_image(path, 40))
+        encoded = tf.io.read_file(path)
+        np.testing.assert_array_equal(batch[index].numpy(), pipeline.decode_and_resize(encoded, 40).numpy())
+
+
+def test_broken_files_never_reach_an_epoch(messy_dataset, tmp_path):
+    root, usable, _ = messy_dataset
+    result = scan.scan_dataset(root)
+    view = pipeline.materialize_split(result.root, result.files, result.class_names, tmp_path / "view")
+    dataset = pipeline.make_dataset(view, result.class_names, 24, 5, training=True,
+                                    augmenter=build_augmenter(AugmentConfig(), 24))
+    for _ in range(2):  # two full epochs, every file decoded
+        count = sum(int(images.shape[0]) for images, _ in dataset)
+        assert count == len(result.files)
+    for images, _ in dataset:
+        assert images.shape[1:] == (24, 24, 3) and np.isfinite(images.numpy()).all()
+
+
+def test_training_order_changes_every_epoch_with_a_fixed_seed(test_view):
+    result, _, view = test_view
+    dataset = pipeline.make_dataset(view, result.class_names, 16, 100, training=True, seed=3, cache="memory")
+    first, second = ([labels.numpy().tolist() for _, labels in dataset] for _ in range(2))
+    again = [labels.numpy().tolist() for _, labels in
+             pipeline.make_dataset(view, result.class_names, 16, 100, training=True, seed=3)]
+    assert sorted(first[0]) == sorted(second[0]) and first != second
+    assert again == first
+
+
+def test_unknown_cache_mode_lists_the_valid_ones(test_view):
+    result, _, view = test_view
+    with pytest.raises(ValueError, match="none, memory, disk"):
+        pipeline.make_dataset(view, result.class_names, 16, 4, cache="ram")
+
+
+def test_channel_statistics_match_a_hand_computation():
+    images = np.zeros((2, 4, 4, 3), np.float32)
+    images[0, ..., 0] = 255.0  # channel 0: half the pixels 1.0, half 0.0 -> mean .5, std .5
+    images[..., 1] = 51.0  # channel 1: constant 0.2 -> std 0
+    dataset = tf.data.Dataset.from_tensor_slices((images, np.zeros(2, np.int32))).batch(1)
+    mean, std = pipeline.channel_statistics(dataset)
+    np.testing.assert_allclose(mean, [0.5, 0.2, 0.0], atol=1e-6)
+    np.testing.assert_allclose(std, [0.5, 0.0, 0.0], atol=1e-5)
+
+
+ALL_AUGMENTATIONS = AugmentConfig(horizontal_flip=True, rotation=0.05, translation=0.1, zoom=0.1, shear=0.1,
+                                  resize_crop=40, color_jitter=0.2)
+
+
+@pytest.mark.parametrize("augment", [ALL_AUGMENTATIONS,
+                                     dataclasses.replace(ALL_AUGMENTATIONS, random_resized_crop=True)],
+                         ids=["affine+crop+jitter", "random-resized-crop"])
+def test_augmentation_works_eagerly_and_inside_tf_data(augment):
+    augmenter = build_augmenter(augment, 32, seed=1)
+    assert load_size(augment, 32) == 40
+    images = np.random.default_rng(0).uniform(0, 255, size=(4, 40, 40, 3)).astype(np.float32)
+    eager = augmenter(images, training=True)
+    assert eager.shape == (4, 32, 32, 3)
+    dataset = tf.data.Dataset.from_tensor_slices(images).batch(2).map(lambda batch: augmenter(batch, training=True))
+    for batch in dataset:
+        values = batch.numpy()
+        assert values.shape == (2, 32, 32, 3)
+        assert np.isfinite(values).all() and values.min() >= -1e-3 and values.max() <= 255.001
+
+
+def test_flip_is_horizontal_only_and_no_augmentation_means_none():
+    augmenter = build_augmenter(AugmentConfig(horizontal_flip=True), 16)
+    image = np.zeros((1, 16, 16, 3), np.float32)
+    image[:, :4] = 255.0  # top rows bright: a vertical flip would move them
+    outputs = [augmenter(image, training=True).numpy() for _ in range(20)]
+    assert all(np.array_equal(out[:, :4], image[:, :4]) for out in outputs)
+    ramp = np.tile(np.arange(16, dtype=np.float32)[None, None, :, None], (1, 16, 1, 3))  # left-to-right ramp
+    flipped = [augmenter(ramp, training=True).numpy() for _ in range(20)]
+    assert any(np.array_equal(out, ramp[:, :, ::-1]) for out in flipped)  # some are mirrored
+    assert all(np.array_equal(out, ramp) or np.array_equal(out, ramp[:, :, ::-1]) for out in flipped)
+    assert build_augmenter(AugmentConfig(horizontal_flip=False), 16) is None
