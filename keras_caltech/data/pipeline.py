@@ -30,6 +30,8 @@ NORMALIZATION_MODES = {
     "dataset": None,
 }
 CACHE_MODES = ("none", "memory", "disk")
+# Decoded images held for reshuffling a cached training split (memory: buffer x image bytes).
+CACHED_SHUFFLE_BUFFER = 4096
 
 
 def decode_and_resize(encoded, image_size):
@@ -76,6 +78,10 @@ def materialize_split(root, pairs, class_names, view_dir):
     return view_dir
 
 
+def _int32_labels(image, label):
+    return image, tf.cast(label, tf.int32)
+
+
 def make_dataset(view_dir, class_names, image_size, batch_size, *, training=False, augmenter=None,
                  cache="none", cache_path=None, seed=0, load_size=None):
     """Builds the batched tf.data pipeline for one split view.
@@ -88,7 +94,9 @@ def make_dataset(view_dir, class_names, image_size, batch_size, *, training=Fals
         training: shuffle each epoch and apply ``augmenter``.
         augmenter: a callable on (batch, load_size, load_size, 3) 0-255 images returning
             (batch, image_size, image_size, 3), or None.
-        cache: "none", "memory" or "disk" (decoded, resized images; before augmentation).
+        cache: "none", "memory" or "disk" (decoded, resized float32 images, before
+            augmentation; memory costs images x size^2 x 12 bytes, so use "disk" for
+            Caltech-256 at 224 px).
         cache_path: file prefix for the disk cache.
         seed: shuffling seed.
         load_size: side to decode and resize to before augmentation (e.g. 256 for a
@@ -100,27 +108,32 @@ def make_dataset(view_dir, class_names, image_size, batch_size, *, training=Fals
     if cache not in CACHE_MODES:
         raise UserError(f"data.cache must be one of {', '.join(CACHE_MODES)}. Received: {cache!r}")
     load_size = load_size or image_size
-    # image_dataset_from_directory does the parallel decode and the resize; we shuffle
-    # after the cache ourselves, so the cached order is fixed and each epoch differs.
+    # With shuffle=True, image_dataset_from_directory permutes the whole file list once
+    # (seeded) and then reshuffles paths in a 1024-wide window each epoch, before
+    # decoding: a uniform order without holding decoded images in a huge buffer.
     dataset = keras.utils.image_dataset_from_directory(
         view_dir, labels="inferred", label_mode="int", class_names=class_names,
-        batch_size=None, image_size=(load_size, load_size), shuffle=False,
+        batch_size=None, image_size=(load_size, load_size), shuffle=training, seed=seed,
         interpolation="bilinear", verbose=False)
     num_images = len(dataset.file_paths)
     if num_images == 0:
         raise UserError(f"split folder {view_dir} holds no images")
-    dataset = dataset.map(lambda image, label: (image, tf.cast(label, tf.int32)))
+    dataset = dataset.map(_int32_labels)
     if cache == "memory":
         dataset = dataset.cache()
     elif cache == "disk":
         pathlib.Path(cache_path).parent.mkdir(parents=True, exist_ok=True)
         dataset = dataset.cache(str(cache_path))
-    if training:
-        dataset = dataset.shuffle(num_images, seed=seed, reshuffle_each_iteration=True)
+    if training and cache != "none":
+        # A cache replays its first pass in order; reshuffle the decoded images on top.
+        dataset = dataset.shuffle(min(num_images, CACHED_SHUFFLE_BUFFER), seed=seed,
+                                  reshuffle_each_iteration=True)
     dataset = dataset.batch(batch_size)
     if training and augmenter is not None:
-        dataset = dataset.map(lambda images, labels: (augmenter(images, training=True), labels),
-                              num_parallel_calls=tf.data.AUTOTUNE)
+        def augment(images, labels):
+            return augmenter(images, training=True), labels
+
+        dataset = dataset.map(augment, num_parallel_calls=tf.data.AUTOTUNE)
     return dataset.prefetch(tf.data.AUTOTUNE)
 
 

@@ -76,10 +76,10 @@ def _cluttered_background(rng, height, width):
     ramp = ramp[None, :, None] if len(ramp) == width else ramp[:, None, None]
     image = (start + (end - start) * ramp) * np.ones((height, width, 1))
     image = np.clip(image + rng.normal(0, 12, size=(height, width, 3)), 0, 255).astype(np.uint8)
-    for _ in range(rng.integers(3, 9)):
+    for _ in range(rng.integers(2, 7)):
         start_point = (int(rng.integers(0, width)), int(rng.integers(0, height)))
         end_point = (int(rng.integers(0, width)), int(rng.integers(0, height)))
-        cv2.line(image, start_point, end_point, _random_colour(rng), int(rng.integers(1, 4)))
+        cv2.line(image, start_point, end_point, _random_colour(rng), int(rng.integers(1, 3)))
     for _ in range(rng.integers(2, 6)):
         centre = (int(rng.integers(0, width)), int(rng.integers(0, height)))
         axes = (int(rng.integers(2, max(3, width // 12))), int(rng.integers(2, max(3, height // 12))))
@@ -95,7 +95,8 @@ def render_image(shape_name, rng, height, width):
         [x0, y0, x1, y1] in pixels (exclusive upper corner).
     """
     image = _cluttered_background(rng, height, width)
-    radius = rng.uniform(0.22, 0.4) * min(height, width)
+    # Large and roughly centred like a Caltech object, position still random within the margin.
+    radius = rng.uniform(0.28, 0.45) * min(height, width)
     # Upright-ish like photographed objects: a full turn would make a square a diamond.
     angle = rng.uniform(-math.pi / 6, math.pi / 6)
     rotation = np.array([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]])

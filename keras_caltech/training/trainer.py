@@ -50,8 +50,10 @@ def normalization_for(config, entry, train_view, class_names):
     if mode not in NORMALIZATION_MODES:
         raise UserError(f"unknown data.normalization {mode!r}. Valid modes: {', '.join(NORMALIZATION_MODES)}")
     if mode == "dataset":
-        # Statistics of the training split only, at the model's input size, unaugmented.
-        dataset = make_dataset(train_view, class_names, config.data.image_size, config.data.batch_size)
+        # Statistics of the training split only, at the model's input size, unaugmented,
+        # from a seeded random sample (the unshuffled order is class by class).
+        dataset = make_dataset(train_view, class_names, config.data.image_size, config.data.batch_size,
+                               training=True, seed=config.train.seed)
         mean, std = channel_statistics(
             dataset, max_batches=math.ceil(STATISTICS_SAMPLE_IMAGES / config.data.batch_size))
     else:
