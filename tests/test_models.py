@@ -190,7 +190,8 @@ def test_resnets_have_exactly_torchvisions_parameter_count_at_1000_classes(name,
 
 def test_vgg5_halves_224_px_five_times_to_7x7_as_reported():
     model = create_model("vgg5", NUM_CLASSES, 224)
-    shapes = [tuple(model.get_layer(f"block{block}_pool").output.shape[1:]) for block in range(1, 6)]
+    shapes = [tuple(model.get_layer(f"block{block}_pool").output.shape[1:])
+              for block in range(1, 6)]
     assert shapes == [(112, 112, 64), (56, 56, 128), (28, 28, 256), (14, 14, 512), (7, 7, 512)]
     assert [model.get_layer(name).units for name in ("fc1", "fc2")] == [4096, 1024]
 
@@ -200,9 +201,11 @@ def test_vgg5_halves_224_px_five_times_to_7x7_as_reported():
 KERAS_APPLICATIONS = {
     "efficientnetv2b0_imagenet": (keras.applications.EfficientNetV2B0,
                                   keras.applications.efficientnet_v2.preprocess_input),
-    "resnet50_imagenet": (keras.applications.ResNet50, keras.applications.resnet50.preprocess_input),
+    "resnet50_imagenet": (keras.applications.ResNet50,
+                          keras.applications.resnet50.preprocess_input),
     "vgg19_imagenet": (keras.applications.VGG19, keras.applications.vgg19.preprocess_input),
-    "xception_imagenet": (keras.applications.Xception, keras.applications.xception.preprocess_input),
+    "xception_imagenet": (keras.applications.Xception,
+                          keras.applications.xception.preprocess_input),
 }
 
 
@@ -243,8 +246,9 @@ def test_a_backbone_weights_file_saved_by_keras_loads_into_the_pretrained_model(
 
 
 def test_a_missing_or_foreign_weights_file_is_refused_naming_its_path(tmp_path):
+    missing = tmp_path / "missing.weights.h5"
     with pytest.raises(UserError, match="missing.weights.h5.*does not exist"):
-        create_model("vgg19_imagenet", NUM_CLASSES, 32, weights=str(tmp_path / "missing.weights.h5"))
+        create_model("vgg19_imagenet", NUM_CLASSES, 32, weights=str(missing))
     foreign = tmp_path / "dense.weights.h5"
     keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)]).save_weights(foreign)
     with pytest.raises(UserError, match="dense.weights.h5.*does not fit the VGG19 backbone"):
@@ -306,8 +310,9 @@ def test_loading_weights_from_a_run_with_other_classes_copies_everything_but_the
     assert load_weights_from(model, source) == ["logits"]
     for layer in model.layers:
         if layer.weights and layer.name != "logits":
-            for ours, theirs in zip(layer.get_weights(), source.get_layer(layer.name).get_weights()):
-                np.testing.assert_array_equal(ours, theirs)
+            theirs = source.get_layer(layer.name).get_weights()
+            for our_weight, their_weight in zip(layer.get_weights(), theirs):
+                np.testing.assert_array_equal(our_weight, their_weight)
     for ours, fresh in zip(model.get_layer("logits").get_weights(), fresh_logits):
         np.testing.assert_array_equal(ours, fresh)
 

@@ -95,7 +95,8 @@ def test_step_decay_multiplies_by_gamma_every_step_epochs_epochs():
 ], ids=["OneCycle", "WarmupCosine", "StepDecay"])
 def test_a_schedule_reloads_from_its_config_and_inside_a_saved_optimizer(schedule):
     steps = [0, 5, 11, 40, 99]
-    reloaded = keras.optimizers.schedules.deserialize(keras.optimizers.schedules.serialize(schedule))
+    serialized = keras.optimizers.schedules.serialize(schedule)
+    reloaded = keras.optimizers.schedules.deserialize(serialized)
     assert type(reloaded) is type(schedule)
     assert reloaded.get_config() == schedule.get_config()
     np.testing.assert_allclose(rates(reloaded, steps), rates(schedule, steps))
@@ -108,7 +109,7 @@ def test_a_schedule_reloads_from_its_config_and_inside_a_saved_optimizer(schedul
 
 
 @pytest.mark.parametrize("make, message", [
-    (lambda: OneCycle(0.0, 100), "peak_learning_rate must be > 0. Received: peak_learning_rate=0.0"),
+    (lambda: OneCycle(0.0, 100), "must be > 0. Received: peak_learning_rate=0.0"),
     (lambda: OneCycle(0.1, 100, pct_start=1.5), "pct_start must be in"),
     (lambda: OneCycle(0.1, 3, pct_start=0.3), "Received: pct_start=0.3, total_steps=3"),
     (lambda: WarmupCosine(0.1, 10, warmup_steps=10), "warmup_steps must be in"),

@@ -63,14 +63,16 @@ def _small_cnn(x, num_classes, conv_filters, pool_after, dropout):
         Logits (batch, num_classes).
     """
     kernel_sizes = (11, 5, 3, 3)
-    for index, (filters, pool) in enumerate(zip(conv_filters, pool_after)):
-        layer = index + 1
-        # Only conv1 strides (4): "same" padding gives 224 -> 56 as tabulated.
-        x = layers.Conv2D(filters, kernel_sizes[index], strides=4 if layer == 1 else 1,
-                          padding="same", activation="relu", name=f"conv{layer}")(x)
+    layer_settings = zip(conv_filters, kernel_sizes, pool_after)
+    for number, (filters, kernel_size, pool) in enumerate(layer_settings, start=1):
+        # The tables list no activation layers, so the activation is part of each Conv2D;
+        # the report does not name it, ReLU is assumed. Only conv1 strides (4), and
+        # "same" padding gives 224 -> 56 as tabulated.
+        x = layers.Conv2D(filters, kernel_size, strides=4 if number == 1 else 1,
+                          padding="same", activation="relu", name=f"conv{number}")(x)
         if pool:
             # 3x3 windows with stride 2 ("valid"): 56 -> 27 -> 13 -> 6, as tabulated.
-            x = layers.MaxPooling2D(3, strides=2, name=f"pool{layer}")(x)
+            x = layers.MaxPooling2D(3, strides=2, name=f"pool{number}")(x)
     x = layers.Flatten(name="flatten")(x)
     x = layers.Dense(128, activation="relu", name="fc1")(x)
     x = layers.Dropout(dropout, name="fc1_dropout")(x)

@@ -14,8 +14,9 @@ same 0-255 RGB images to every model.
 ``weights`` is "imagenet" (downloaded once by Keras into ``~/.keras/models``; needs the
 internet the first time), a local weights file for the backbone, or None (random).
 A local file is what ``backbone.save_weights("x.weights.h5")`` writes for a
-``keras.applications`` backbone built with ``include_top=False``; Keras's own
-``*_notop.h5`` ImageNet files, downloaded by hand for an offline machine, load too.
+``keras.applications`` backbone built with ``include_top=False``. Legacy HDF5 ``.h5``
+files, such as Keras's own ``*_notop.h5`` ImageNet weights copied by hand to an offline
+machine, are loaded by Keras by layer order.
 """
 
 import pathlib
@@ -35,7 +36,7 @@ TF_NORMALIZATION = dict(mean=(127.5, 127.5, 127.5), std=(127.5, 127.5, 127.5))  
 IDENTITY_NORMALIZATION = dict(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
 
 
-def build_backbone(application, x, weights, **application_options):
+def _build_backbone(application, x, weights, **application_options):
     """Builds a ``keras.applications`` backbone on ``x`` and loads its weights.
 
     Args:
@@ -98,8 +99,11 @@ def build_xception_imagenet(x, num_classes, *, weights=None, dropout=0.2):
     Returns:
         Logits (batch, num_classes).
     """
-    backbone = build_backbone(keras.applications.Xception, x, weights)
-    return pooled_classifier(backbone.output, num_classes, dropout)  # from (batch, s/32, s/32, 2048)
+    backbone = _build_backbone(keras.applications.Xception, x, weights)
+    # Keras documents 71 px as Xception's minimum; it checks that only for an Input it
+    # makes itself. Its graph downsamples down to 23 px (see the min_image_size test).
+    features = backbone.output  # (batch, ~s/32, ~s/32, 2048)
+    return pooled_classifier(features, num_classes, dropout)
 
 
 @register_model("vgg19_imagenet", gradcam_layer="block5_conv4", default_image_size=224,
@@ -117,8 +121,9 @@ def build_vgg19_imagenet(x, num_classes, *, weights=None, dropout=0.2):
     Returns:
         Logits (batch, num_classes).
     """
-    backbone = build_backbone(keras.applications.VGG19, x, weights)
-    return pooled_classifier(backbone.output, num_classes, dropout)  # from (batch, s/32, s/32, 512)
+    backbone = _build_backbone(keras.applications.VGG19, x, weights)
+    features = backbone.output  # (batch, s/32, s/32, 512), after block5_pool
+    return pooled_classifier(features, num_classes, dropout)
 
 
 @register_model("resnet50_imagenet", gradcam_layer="conv5_block3_out", default_image_size=224,
@@ -136,8 +141,9 @@ def build_resnet50_imagenet(x, num_classes, *, weights=None, dropout=0.2):
     Returns:
         Logits (batch, num_classes).
     """
-    backbone = build_backbone(keras.applications.ResNet50, x, weights)
-    return pooled_classifier(backbone.output, num_classes, dropout)  # from (batch, s/32, s/32, 2048)
+    backbone = _build_backbone(keras.applications.ResNet50, x, weights)
+    features = backbone.output  # (batch, s/32, s/32, 2048)
+    return pooled_classifier(features, num_classes, dropout)
 
 
 @register_model("efficientnetv2b0_imagenet", gradcam_layer="top_activation",
@@ -157,6 +163,7 @@ def build_efficientnetv2b0_imagenet(x, num_classes, *, weights=None, dropout=0.2
     Returns:
         Logits (batch, num_classes).
     """
-    backbone = build_backbone(keras.applications.EfficientNetV2B0, x, weights,
-                              include_preprocessing=True)
-    return pooled_classifier(backbone.output, num_classes, dropout)  # from (batch, s/32, s/32, 1280)
+    backbone = _build_backbone(keras.applications.EfficientNetV2B0, x, weights,
+                               include_preprocessing=True)
+    features = backbone.output  # (batch, s/32, s/32, 1280)
+    return pooled_classifier(features, num_classes, dropout)

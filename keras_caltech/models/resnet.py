@@ -56,7 +56,10 @@ def basic_block(x, filters, strides, name):
 
 
 def bottleneck_block(x, filters, strides, name):
-    """1x1 reduce -> 3x3 -> 1x1 expand: (batch, h, w, c) -> (batch, h / strides, w / strides, 4 * filters)."""
+    """1x1 reduce -> 3x3 -> 1x1 expand, 4x wider out.
+
+    (batch, h, w, c) -> (batch, h / strides, w / strides, 4 * filters).
+    """
     shortcut = _shortcut(x, 4 * filters, strides, name)
     x = conv_bn_relu(x, filters, f"{name}_1", kernel_size=1)
     x = conv_bn_relu(x, filters, f"{name}_2", strides=strides)

@@ -29,7 +29,7 @@ ENTRY_FILTERS = (128, 256)
 
 
 def _separable_bn(x, filters, name, activate_first=True):
-    """[ReLU] -> SeparableConv(3x3, no bias) -> BatchNorm, named ``{name}_act``/``{name}``/``{name}_bn``."""
+    """[ReLU] -> SeparableConv(3x3, no bias) -> BatchNorm, named {name}_act, {name}, {name}_bn."""
     if activate_first:
         x = layers.ReLU(name=f"{name}_act")(x)
     x = layers.SeparableConv2D(filters, 3, padding="same", use_bias=False, name=name)(x)
