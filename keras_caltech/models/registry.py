@@ -36,12 +36,19 @@ class ModelEntry:
         build: ``build(x, num_classes, **options) -> logits`` on a normalized image tensor.
         gradcam_layer: name of the layer whose 4-D output Grad-CAM explains.
         default_image_size: the input size the architecture was published with.
-        min_image_size: the smallest square input its downsampling survives.
+        min_image_size: the smallest square input its downsampling survives: every
+            strided convolution or pooling still receives at least 2x2 pixels (or its
+            window, for "valid" padding), and an adaptive pooling layer is never asked
+            for more cells than its input has (below that it would repeat pixels).
         pretrained: whether it accepts ``weights`` (a transfer backbone).
         input_normalization: for pretrained backbones, the normalization their weights
             expect, as ``dict(mean=..., std=..., reverse_channels=...)`` in 0-255 units;
             it replaces the dataset normalization. None: use the data config's.
         options: the keyword options ``build`` accepts (checked before building).
+        block_pattern: for networks that can be fine-tuned block by block, a regular
+            expression whose match at the start of a layer name is the name of the block
+            the layer belongs to (``r"conv\\d_block\\d+"`` for ResNets); layers that
+            do not match belong to the block before them. None: no block structure.
     """
 
     name: str
@@ -52,13 +59,14 @@ class ModelEntry:
     pretrained: bool = False
     input_normalization: dict | None = None
     options: tuple[str, ...] = ()
+    block_pattern: str | None = None
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
 
 
 def register_model(name, *, gradcam_layer, default_image_size, min_image_size,
-                   pretrained=False, input_normalization=None, options=()):
+                   pretrained=False, input_normalization=None, options=(), block_pattern=None):
     """Decorator that registers ``build(x, num_classes, **options) -> logits`` under ``name``."""
 
     def decorator(build):
@@ -68,7 +76,7 @@ def register_model(name, *, gradcam_layer, default_image_size, min_image_size,
             name=name, build=build, gradcam_layer=gradcam_layer,
             default_image_size=default_image_size, min_image_size=min_image_size,
             pretrained=pretrained, input_normalization=input_normalization,
-            options=tuple(options))
+            options=tuple(options), block_pattern=block_pattern)
         return build
 
     return decorator
