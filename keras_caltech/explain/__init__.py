@@ -1,0 +1,1 @@
+"""Explanations of classifier decisions (issue 5)."""
