@@ -152,6 +152,7 @@ def resolve_spatial_layer(model, name=None):
         UserError: the layer does not exist or its output is not 4-D; the message lists
             the candidate 4-D layers.
     """
+    as_functional(model)  # fails first for models that cannot be explained at all
     if name is None:
         return default_layer_name(model)
     rank = _output_rank(find_layer(model, name))
@@ -177,7 +178,8 @@ def tap_model(model, layer_names):
 
     Returns:
         A ``keras.Model`` taking the model's images (batch axis free) and returning a
-        list: one activation tensor per name, in order, then the model's output.
+        list: one activation tensor per name, in order, then the model's output. With
+        no names, the output tensor alone.
 
     Raises:
         UserError: see :func:`as_functional` and :func:`find_layer`.
@@ -185,6 +187,8 @@ def tap_model(model, layer_names):
     for name in layer_names:
         find_layer(model, name)
     image, outputs, taps = _rebuild_with_taps(model, list(layer_names))
+    if not taps:  # Keras returns a one-element output list as the bare tensor anyway
+        return keras.Model(image, outputs[0], name=f"{model.name}_taps")
     return keras.Model(image, [*taps, outputs[0]], name=f"{model.name}_taps")
 
 
