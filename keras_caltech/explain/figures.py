@@ -71,10 +71,24 @@ def prediction_title(probabilities, class_index, class_names=None, method="Grad-
     return title
 
 
-def _new_figure(width, height):
-    figure = Figure(figsize=(width, height), layout="constrained")
+def _new_figure(width, height, layout="constrained"):
+    figure = Figure(figsize=(width, height), layout=layout)
     FigureCanvasAgg(figure)
     return figure
+
+
+def _grid_figure(rows, columns, cell):
+    """A figure of rows x columns image panels, all axes hidden.
+
+    A fixed layout: the constrained solver takes seconds on 64 panels.
+    """
+    figure = _new_figure(cell * columns, cell * rows + 0.5, layout=None)
+    figure.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=1 - 0.5 / (cell * rows + 0.5),
+                           wspace=0.05, hspace=0.25)
+    panels = figure.subplots(rows, columns, squeeze=False).ravel()
+    for axes in panels:
+        axes.set_axis_off()
+    return figure, panels
 
 
 def _show(axes, picture, label=None):
@@ -137,34 +151,38 @@ def _grid(count):
 
 
 def feature_map_figure(activations, layer_name, max_channels=64):
-    """A grid with one panel per channel of one layer's activations.
+    """The channels of one layer's activations tiled in a grid, on one colour scale.
+
+    One shared scale, so dead channels look dark; the tiles are one picture (one
+    ``imshow``), because 64 separate panels take seconds to lay out.
 
     Args:
         activations: (h, w, channels) float.
         layer_name: shown in the title.
-        max_channels: channels shown, the first ones.
+        max_channels: channels shown, the first ones, row by row.
     """
-    shown = min(activations.shape[-1], max_channels)
+    height, width, channels = activations.shape
+    shown = min(channels, max_channels)
     rows, columns = _grid(shown)
-    figure = _new_figure(1.2 * columns + 0.5, 1.2 * rows + 0.6)
-    panels = np.atleast_1d(figure.subplots(rows, columns, squeeze=False)).ravel()
-    for channel, axes in enumerate(panels):
-        axes.set_axis_off()
-        if channel < shown:
-            axes.imshow(activations[..., channel], cmap="viridis")
-            axes.set_title(str(channel), fontsize=6)
-    figure.suptitle(f"{layer_name}: {shown} of {activations.shape[-1]} channels, "
-                    f"{activations.shape[0]}x{activations.shape[1]}", fontsize=9)
+    gap = max(1, height // 8)
+    tiles = np.full((rows * (height + gap) - gap, columns * (width + gap) - gap), np.nan, np.float32)
+    for channel in range(shown):
+        row, column = divmod(channel, columns)
+        tiles[row * (height + gap):row * (height + gap) + height,
+              column * (width + gap):column * (width + gap) + width] = activations[..., channel]
+    figure = _new_figure(0.3 + 0.9 * columns, 0.6 + 0.9 * rows)
+    axes = figure.subplots()
+    picture = axes.imshow(tiles, cmap="viridis", interpolation="nearest")
+    axes.set_axis_off()
+    figure.colorbar(picture, ax=axes, shrink=0.8)
+    figure.suptitle(f"{layer_name}: channels 0-{shown - 1} of {channels} (row by row), "
+                    f"{height}x{width}", fontsize=9)
     return figure
 
 
 def patches_figure(patches, title):
     """A grid of maximally activating patches (see ``views.top_activating_patches``)."""
-    rows, columns = _grid(max(len(patches), 1))
-    figure = _new_figure(1.6 * columns + 0.5, 1.7 * rows + 0.6)
-    panels = np.atleast_1d(figure.subplots(rows, columns, squeeze=False)).ravel()
-    for axes in panels:
-        axes.set_axis_off()
+    figure, panels = _grid_figure(*_grid(max(len(patches), 1)), cell=1.6)
     for patch, axes in zip(patches, panels):
         _show(axes, _as_uint8(patch.pixels), f"#{patch.image_index}: {patch.score:.3g}")
     figure.suptitle(title, fontsize=9)
