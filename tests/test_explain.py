@@ -121,6 +121,7 @@ def test_batch_results_equal_one_image_at_a_time():
         single = explainer(images[item:item + 1], class_index)
         np.testing.assert_allclose(single.raw[0], batch.raw[item], rtol=1e-4, atol=1e-7)
         np.testing.assert_allclose(single.heatmaps[0], batch.heatmaps[item], atol=1e-5)
+    assert explainer._maps.experimental_get_tracing_count() == 1  # one graph for every batch size
 
 
 def test_no_class_given_explains_the_predicted_class():

@@ -114,9 +114,12 @@ def test_spearman_correlation_ranks_with_averaged_ties():
 
 def test_cascading_randomization_uses_a_fresh_explainer_per_copy_and_spares_the_model():
     keras.utils.set_random_seed(7)
+    backbone_input = keras.Input((16, 16, 3))
+    backbone = keras.Model(backbone_input, layers.Conv2D(6, 3, padding="same", activation="relu",
+                                                         name="conv1")(backbone_input), name="backbone")
+    backbone.trainable = False  # a frozen pretrained backbone still holds learned weights
     inputs = keras.Input((16, 16, 3))
-    x = layers.Conv2D(6, 3, padding="same", activation="relu", name="conv1")(inputs)
-    x = layers.Conv2D(6, 3, padding="same", activation="relu", name="conv2")(x)
+    x = layers.Conv2D(6, 3, padding="same", activation="relu", name="conv2")(backbone(inputs))
     model = keras.Model(inputs, layers.Dense(3, name="logits")(layers.GlobalAveragePooling2D()(x)))
     weights = [w.copy() for w in model.get_weights()]
     images = np.random.default_rng(7).uniform(0, 255, (2, 16, 16, 3)).astype(np.float32)
@@ -127,8 +130,9 @@ def test_cascading_randomization_uses_a_fresh_explainer_per_copy_and_spares_the_
         return GradCam(copy, "conv2")
 
     steps = cascading_randomization(model, images, [0, 1], make_explainer, seed=1)
-    assert [step.layer_name for step in steps] == ["logits", "conv2", "conv1"]
-    assert weighted_layer_paths(model) == ["logits", "conv2", "conv1"]
+    assert [step.layer_name for step in steps] == ["logits", "conv2", "backbone/conv1"]
+    assert weighted_layer_paths(model) == ["logits", "conv2", "backbone/conv1"]
+    assert not backbone.trainable
     assert len({id(copy) for copy in explained}) == 4 and explained[0] is model
     for step in steps:
         assert step.correlations.shape == (2,) and np.all(np.abs(step.correlations) <= 1)

@@ -18,7 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_caltech.explain.gradcam import GradCam, check_batch, upsample
-from keras_caltech.explain.layers import as_functional, image_shape
+from keras_caltech.explain.layers import as_functional, image_shape, tap_model
 
 
 def guided_relu(inputs, max_value=None, threshold=0.0):
@@ -69,13 +69,16 @@ class GuidedReLU(keras.layers.Layer):
         return {**super().get_config(), "max_value": self.max_value, "threshold": self.threshold}
 
 
+_RELUS = {keras.activations.relu: (None, 0.0), keras.ops.relu: (None, 0.0), tf.nn.relu: (None, 0.0),
+          keras.activations.relu6: (6.0, 0.0), keras.ops.relu6: (6.0, 0.0), tf.nn.relu6: (6.0, 0.0)}
+
+
 def _relu_parameters(activation):
-    """(max_value, threshold) if ``activation`` is a ReLU form, else None."""
-    if activation is keras.activations.relu:
-        return None, 0.0
-    if activation is keras.activations.relu6:
-        return 6.0, 0.0
-    return None
+    """(max_value, threshold) if ``activation`` is a ReLU function, else None."""
+    try:
+        return _RELUS.get(activation)
+    except TypeError:  # an unhashable callable
+        return None
 
 
 def guided_model(model):
@@ -142,9 +145,7 @@ class InputGradients:
             tf.TensorSpec((None, *self.image_shape), tf.float32), tf.TensorSpec((None,), tf.int32)])
 
     def _model_to_differentiate(self, model):
-        functional = as_functional(model)
-        image = keras.Input(shape=functional.inputs[0].shape[1:])
-        return keras.Model(image, functional(image))  # batch axis free
+        return tap_model(model, [])  # the model on a fresh input with a free batch axis
 
     def _gradients_graph(self, images, class_indices):
         with tf.GradientTape() as tape:

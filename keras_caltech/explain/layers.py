@@ -154,7 +154,7 @@ def resolve_spatial_layer(model, name=None):
     """
     as_functional(model)  # fails first for models that cannot be explained at all
     if name is None:
-        return default_layer_name(model)
+        name = default_layer_name(model)
     rank = _output_rank(find_layer(model, name))
     if rank != 4:
         raise UserError(

@@ -45,14 +45,45 @@ def spearman_correlation(first, second):
 
 
 def weighted_layer_paths(model):
-    """Paths of the layers with trainable weights, from the output down to the input."""
+    """Paths of the layers with learned weights, from the output down to the input.
+
+    Frozen layers count (a pretrained backbone's weights were learned too): the paths
+    are read from a copy with every layer set trainable, which turns trainable again
+    exactly the weights created trainable and leaves statistics such as BatchNorm's
+    moving mean out.
+    """
+    return _trainable_paths(_thawed_copy(model))[::-1]
+
+
+def _trainable_paths(model):
     paths = []
     for layer in model.layers:
         if isinstance(layer, keras.Model):
-            paths.extend(f"{layer.name}/{path}" for path in reversed(weighted_layer_paths(layer)))
+            paths.extend(f"{layer.name}/{path}" for path in _trainable_paths(layer))
         elif layer.trainable_weights:
             paths.append(layer.name)
-    return paths[::-1]
+    return paths
+
+
+def _thawed_copy(model):
+    """A copy of ``model`` with the same weights and every layer trainable."""
+    copy = keras.models.clone_model(model)  # same name: registered defaults still apply
+    copy.set_weights(model.get_weights())
+    _thaw(copy)
+    return copy
+
+
+def _thaw(model):
+    """Sets every layer trainable, inside nested models too.
+
+    ``model.trainable = True`` alone does not reach the layers of a nested Functional
+    model in Keras 3.15, so each layer is set.
+    """
+    model.trainable = True
+    for layer in model.layers:
+        layer.trainable = True
+        if isinstance(layer, keras.Model):
+            _thaw(layer)
 
 
 def randomize_layer(layer, rng):
@@ -82,10 +113,9 @@ def randomized_copy(model, depth, seed=0):
         depth: how many layers of :func:`weighted_layer_paths` to randomize.
         seed: for the new weights.
     """
-    copy = keras.models.clone_model(model)  # same name: registered defaults still apply
-    copy.set_weights(model.get_weights())
+    copy = _thawed_copy(model)
     rng = np.random.default_rng(seed)
-    for path in weighted_layer_paths(model)[:depth]:
+    for path in _trainable_paths(copy)[::-1][:depth]:
         randomize_layer(find_layer(copy, path), rng)
     return copy
 
