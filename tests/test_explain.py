@@ -213,7 +213,8 @@ def test_gradcam_on_a_sequential_model_built_by_a_call_takes_any_batch_size():
 
 def test_a_missing_layer_fails_listing_the_4d_layers():
     model = create_model("mycnn", num_classes=3, image_size=SIZE)
-    with pytest.raises(UserError, match=r"no layer 'block4_rel'.*Did you mean block4_relu.*block4_pool"):
+    with pytest.raises(UserError,
+                       match=r"no layer 'block4_rel'.*Did you mean block4_relu.*block4_pool"):
         GradCam(model, "block4_rel")
     nested, _ = nested_and_flat_twins()
     with pytest.raises(UserError, match=r"no layer 'backbone/feature'.*backbone/features"):
@@ -251,7 +252,8 @@ def test_a_layer_no_gradient_reaches_fails_when_the_explainer_is_made():
 
 
 def test_an_unbuilt_sequential_model_fails_saying_how_to_build_it():
-    sequential = keras.Sequential([layers.Conv2D(4, 3), layers.GlobalAveragePooling2D(), layers.Dense(3)])
+    sequential = keras.Sequential([layers.Conv2D(4, 3), layers.GlobalAveragePooling2D(),
+                                   layers.Dense(3)])
     with pytest.raises(UserError, match="never built or called"):
         GradCam(sequential)
 

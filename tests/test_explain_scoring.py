@@ -96,7 +96,8 @@ def test_deleting_the_explained_pixels_first_drops_the_class_faster_than_random(
     assert deletion.fractions[0] == 0 and deletion.fractions[-1] == 1 and len(deletion.fractions) == 17
     assert deletion.probabilities[0] > 0.5 and deletion.probabilities[-1] < deletion.probabilities[0]
     scores = faithfulness(model, image, heatmap, 0, steps=16)
-    assert scores.deletion == pytest.approx(deletion.auc) and scores.insertion == pytest.approx(insertion.auc)
+    assert scores.deletion == pytest.approx(deletion.auc)
+    assert scores.insertion == pytest.approx(insertion.auc)
     assert scores.deletion < scores.random_deletion
     assert scores.insertion > scores.random_insertion
 
@@ -107,7 +108,8 @@ def test_spearman_correlation_ranks_with_averaged_ties():
     assert spearman_correlation([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
     assert spearman_correlation([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
     # ranks [0, 1.5, 1.5, 3] against [0, 1, 2, 3]: covariance 1.125, variances 1.125 and 1.25
-    assert spearman_correlation([1, 2, 2, 3], [1, 2, 3, 4]) == pytest.approx(1.125 / np.sqrt(1.125 * 1.25))
+    expected = 1.125 / np.sqrt(1.125 * 1.25)
+    assert spearman_correlation([1, 2, 2, 3], [1, 2, 3, 4]) == pytest.approx(expected)
     assert spearman_correlation(np.zeros(4), np.arange(4)) == 0.0
     assert spearman_correlation(np.zeros(4), np.zeros(4)) == 1.0
 

@@ -16,7 +16,8 @@ import numpy as np
 import tensorflow as tf
 
 from keras_caltech.errors import UserError
-from keras_caltech.explain.layers import image_shape, resolve_spatial_layer, tap_model
+from keras_caltech.explain.layers import (image_shape, is_image_batch, resolve_spatial_layer,
+                                          tap_model)
 
 # A map whose positive part is below this share of its largest magnitude is rounding
 # noise around zero, not evidence.
@@ -60,12 +61,14 @@ def check_batch(images, class_indices, num_classes, expected_shape):
         UserError: wrong image rank or size, count mismatch, or an index out of range.
     """
     images = np.asarray(images, dtype=np.float32)
-    if images.ndim != 4 or any(want not in (None, got) for want, got in zip(expected_shape, images.shape[1:])):
+    if not is_image_batch(images, expected_shape):
         raise UserError(
             f"explainers take a batch of images shaped (batch, {', '.join(map(str, expected_shape))}) "
             f"in RGB 0-255. Received shape {images.shape}; add a batch axis with "
             f"images[None] for a single image.")
     batch = len(images)
+    if batch == 0:
+        raise UserError("explainers need at least one image. Received an empty batch")
     if class_indices is None:
         return images, np.full(batch, -1, np.int32)
     indices = np.asarray(class_indices)
@@ -209,7 +212,8 @@ class GradCamPlusPlus(GradCam):
 
     def _channel_weights(self, activations, gradients):
         squared = tf.square(gradients)
-        denominator = 2.0 * squared + tf.reduce_sum(activations, axis=(1, 2), keepdims=True) * squared * gradients
+        activation_sums = tf.reduce_sum(activations, axis=(1, 2), keepdims=True)  # (b, 1, 1, c)
+        denominator = 2.0 * squared + activation_sums * squared * gradients
         alpha = tf.math.divide_no_nan(squared, denominator)
         return tf.reduce_sum(alpha * tf.nn.relu(gradients), axis=(1, 2))
 
@@ -249,7 +253,8 @@ class ScoreCam:
                                             self.image_shape)
         maps, probabilities = [], []
         for start in range(0, len(images), self.batch_size):
-            activations, logits = (t.numpy() for t in self._forward(images[start:start + self.batch_size]))
+            chunk = images[start:start + self.batch_size]
+            activations, logits = (tensor.numpy() for tensor in self._forward(chunk))
             maps.append(activations)
             probabilities.append(tf.nn.softmax(logits).numpy())
         activations, probabilities = np.concatenate(maps), np.concatenate(probabilities)

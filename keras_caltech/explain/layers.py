@@ -169,6 +169,12 @@ def image_shape(model):
     return tuple(as_functional(model).inputs[0].shape[1:])
 
 
+def is_image_batch(images, expected_shape):
+    """Whether ``images`` is 4-D and fits ``expected_shape`` (None entries fit any size)."""
+    return images.ndim == 4 and all(
+        want in (None, got) for want, got in zip(expected_shape, images.shape[1:]))
+
+
 def tap_model(model, layer_names):
     """Returns a model from images to ``[*activations, logits]`` in one forward pass.
 

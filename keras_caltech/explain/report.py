@@ -67,7 +67,10 @@ def load_model(path):
     names_path = path.with_name("class_names.json")
     if not names_path.is_file():
         return model, None
-    class_names = json.loads(names_path.read_text())
+    try:
+        class_names = json.loads(names_path.read_text())
+    except ValueError as error:
+        raise UserError(f"{names_path} is not valid JSON: {error}") from None
     num_classes = model.outputs[0].shape[-1]
     if not isinstance(class_names, list) or len(class_names) != num_classes:
         raise UserError(f"{names_path} must hold a list of {num_classes} class names, one per "
@@ -144,7 +147,8 @@ def _class_name(index, class_names):
 def _patches(model, images, class_index, layer_name, channel, class_names, output_dir):
     """One grid of the strongest patches of a channel, or of whole images for a class."""
     if channel is not None:
-        unit, file_name = f"channel {channel} of {layer_name or 'the default layer'}", f"patches_channel{channel}.png"
+        unit = f"channel {channel} of {layer_name or 'the default layer'}"
+        file_name = f"patches_channel{channel}.png"
         class_index = None
     elif class_index is not None:
         unit, file_name = _class_name(class_index, class_names), f"patches_class{class_index}.png"

@@ -11,7 +11,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_caltech.errors import UserError
-from keras_caltech.explain.layers import (find_layer, image_shape, layer_paths,
+from keras_caltech.explain.layers import (find_layer, image_shape, is_image_batch, layer_paths,
                                           resolve_spatial_layer, tap_model)
 from keras_caltech.explain.receptive_field import receptive_field
 
@@ -100,22 +100,18 @@ def top_activating_patches(model, batches, *, layer_name=None, channel=None, cla
         raise UserError("choose one unit: a channel of a layer (channel=...) or a class logit "
                         f"(class_index=...). Received channel={channel}, class_index={class_index}")
     expected = image_shape(model)
+    field = None  # a class logit sees the whole image
     if channel is not None:
         layer_name = resolve_spatial_layer(model, layer_name)
-        taps = tap_model(model, [layer_name])
         field = receptive_field(model, layer_name)
-        unit_output = taps.outputs[0]
-        index = channel
-    else:
-        taps = tap_model(model, [])
-        field = None
-        unit_output = taps.outputs[0]
-        index = class_index
+    taps = tap_model(model, [] if channel is None else [layer_name])
+    unit_output = taps.outputs[0]  # (b, h, w, channels) or (b, classes)
+    index = class_index if channel is None else channel
     units = unit_output.shape[-1]
     if not 0 <= index < units:
         raise UserError(f"unit {index} is out of range: there are {units} "
-                        f"({'channels' if channel is not None else 'classes'} 0 to {units - 1})")
-    responses_model = keras.Model(taps.inputs[0], unit_output)  # (b, h, w, c) or (b, classes)
+                        f"({'classes' if channel is None else 'channels'} 0 to {units - 1})")
+    responses_model = keras.Model(taps.inputs[0], unit_output)
     forward = tf.function(lambda images: responses_model(images, training=False),
                           input_signature=[tf.TensorSpec((None, *expected), tf.float32)])
 
@@ -126,9 +122,9 @@ def top_activating_patches(model, batches, *, layer_name=None, channel=None, cla
         batches = [batches]
     for batch in batches:
         images = np.asarray(batch[0] if isinstance(batch, (tuple, list)) else batch, np.float32)
-        if images.ndim != 4 or images.shape[1:] != expected:
-            raise UserError(f"patch scanning takes batches shaped (batch, {', '.join(map(str, expected))}). "
-                            f"Received shape {images.shape}")
+        if not is_image_batch(images, expected):
+            raise UserError(f"patch scanning takes batches shaped (batch, "
+                            f"{', '.join(map(str, expected))}). Received shape {images.shape}")
         responses = forward(images).numpy()[..., index]  # (b, h, w) or (b,) for a logit
         for image_offset, score, position in _candidates(responses, top_k, one_per_image):
             entry = (score, -next(order))  # on ties, the earlier image wins
@@ -160,7 +156,8 @@ def _candidates(responses, top_k, one_per_image):
         flat = responses.reshape(batch, -1)
         positions = flat.argmax(axis=1)
         for offset in np.argsort(-flat.max(axis=1), kind="stable")[:top_k]:
-            yield int(offset), float(flat[offset, positions[offset]]), divmod(int(positions[offset]), width)
+            position = int(positions[offset])
+            yield int(offset), float(flat[offset, position]), divmod(position, width)
         return
     flat = responses.reshape(-1)
     for flat_index in np.argsort(-flat, kind="stable")[:top_k]:
