@@ -1,0 +1,43 @@
+"""Explanations of classifier decisions (issue 5).
+
+Every explainer takes the model as trained (float32 RGB 0-255 images in, logits out,
+nested backbones and Sequential models included) and never changes it::
+
+    cam = GradCam(model)                      # the registered gradcam_layer by default
+    result = cam(images, class_indices=None)  # None: explain the predicted classes
+    result.heatmaps, result.empty             # (batch, h, w) in [0, 1], (batch,) bool
+    figure = explanation_figure(images[0], result.heatmaps[0], title)
+
+Modules: ``layers`` (finding layers, tapping activations), ``receptive_field``,
+``gradcam`` (Grad-CAM, Grad-CAM++, Score-CAM), ``guided`` (gradients, guided
+backpropagation, guided Grad-CAM), ``views`` (feature maps, top patches), ``figures``,
+``scoring`` (pointing game, energy, deletion/insertion) and ``sanity`` (parameter
+randomisation).
+"""
+
+from keras_caltech.explain.figures import (explanation_figure, feature_map_figure,
+                                           gradient_figure, overlay, patches_figure,
+                                           prediction_title, save_figure)
+from keras_caltech.explain.gradcam import (CamResult, GradCam, GradCamPlusPlus, ScoreCam,
+                                           upsample)
+from keras_caltech.explain.guided import (GuidedBackprop, GuidedGradCam, InputGradients,
+                                          guided_model)
+from keras_caltech.explain.layers import (default_layer_name, find_layer, spatial_layer_names,
+                                          tap_model)
+from keras_caltech.explain.receptive_field import ReceptiveField, receptive_field
+from keras_caltech.explain.sanity import cascading_randomization, spearman_correlation
+from keras_caltech.explain.scoring import (centre_point_baseline, deletion_curve,
+                                           energy_in_box, faithfulness, grid_pointing_game,
+                                           insertion_curve, make_mosaic, pointing_game)
+from keras_caltech.explain.views import feature_maps, top_activating_patches
+
+__all__ = [
+    "CamResult", "GradCam", "GradCamPlusPlus", "GuidedBackprop", "GuidedGradCam",
+    "InputGradients", "ReceptiveField", "ScoreCam", "cascading_randomization",
+    "centre_point_baseline", "default_layer_name", "deletion_curve", "energy_in_box",
+    "explanation_figure", "faithfulness", "feature_map_figure", "feature_maps", "find_layer",
+    "gradient_figure", "grid_pointing_game", "guided_model", "insertion_curve", "make_mosaic",
+    "overlay", "patches_figure", "pointing_game", "prediction_title", "receptive_field",
+    "save_figure", "spatial_layer_names", "spearman_correlation", "tap_model",
+    "top_activating_patches", "upsample",
+]

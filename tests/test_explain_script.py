@@ -1,0 +1,85 @@
+"""explain.py end to end: a saved model and image files in, figures out, errors on one line."""
+
+import json
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import explain
+from keras_caltech.explain.report import METHODS, read_image
+from keras_caltech.models import create_model
+
+CLASS_NAMES = ["cat", "dog", "ferret"]
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    """A 32 px MyCNN saved with class names, a colour PNG and a grey JPEG of another size."""
+    folder = tmp_path_factory.mktemp("explain_script")
+    model_path = folder / "model" / "mycnn.keras"
+    model_path.parent.mkdir()
+    create_model("mycnn", num_classes=3, image_size=32).save(model_path)
+    (model_path.parent / "class_names.json").write_text(json.dumps(CLASS_NAMES))
+    rng = np.random.default_rng(0)
+    colour = folder / "colour.png"
+    tf.io.write_file(str(colour), tf.io.encode_png(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)))
+    grey = folder / "grey.jpg"
+    tf.io.write_file(str(grey), tf.io.encode_jpeg(rng.integers(0, 256, (20, 20, 1), dtype=np.uint8)))
+    return model_path, [str(colour), str(grey)]
+
+
+def test_read_image_gives_rgb_0_255_at_the_model_size(saved):
+    _, images = saved
+    for path in images:
+        image = read_image(path, (32, 32))
+        assert image.shape == (32, 32, 3) and image.dtype == np.float32
+        assert 0 <= image.min() and image.max() <= 255
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_writes_figures(saved, tmp_path, capsys, method):
+    model_path, images = saved
+    argv = ["--image", *images, "--model", str(model_path), "--method", method,
+            "--output-dir", str(tmp_path), "--class", "dog"]
+    if method == "feature-maps":
+        argv += ["--layer", "block4_conv"]
+    assert explain.main(argv) == 0
+    figures = sorted(tmp_path.glob("*.png"))
+    assert len(figures) == (1 if method == "patches" else 2)
+    assert all(path.read_bytes()[:4] == b"\x89PNG" for path in figures)
+    output = capsys.readouterr().out
+    assert output.count("\n") == len(figures)
+    if method not in ("patches", "feature-maps"):
+        assert "explained dog" in output
+
+
+def test_an_unknown_class_name_is_one_error_line_with_close_names(saved, tmp_path, capsys):
+    model_path, images = saved
+    code = explain.main(["--image", images[0], "--model", str(model_path), "--class", "dgo",
+                         "--output-dir", str(tmp_path)])
+    error = capsys.readouterr().err
+    assert code == 2 and error.startswith("error: unknown class 'dgo'. Did you mean dog?")
+    assert error.count("\n") == 1
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["--method", "lime"], "error: argument --method: invalid choice: 'lime'"),
+    (["--layer", "fc1"], "error: layer 'fc1' of model 'mycnn' is not spatial"),
+    (["--class", "7"], "error: class index 7 is out of range"),
+    (["--method", "patches"], "error: --method patches needs a unit"),
+])
+def test_user_errors_return_2_with_one_line(saved, tmp_path, capsys, arguments, message):
+    model_path, images = saved
+    code = explain.main(["--image", images[0], "--model", str(model_path),
+                         "--output-dir", str(tmp_path), *arguments])
+    error = capsys.readouterr().err
+    assert code == 2 and error.startswith(message) and error.count("\n") == 1
+
+
+def test_missing_files_return_2(tmp_path, capsys, saved):
+    model_path, images = saved
+    assert explain.main(["--image", str(tmp_path / "none.jpg"), "--model", str(model_path)]) == 2
+    assert capsys.readouterr().err.startswith("error: image file not found")
+    assert explain.main(["--image", images[0], "--model", str(tmp_path / "none.keras")]) == 2
+    assert capsys.readouterr().err.startswith("error: model file not found")
