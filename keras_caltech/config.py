@@ -63,7 +63,7 @@ class ModelConfig:
     """Which architecture, and its options."""
 
     name: str = "mycnn"
-    dropout: float = 0.5
+    dropout: float | None = None  # None: the architecture's published default
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,6 +95,11 @@ class Config:
 
 def _coerce(value, field_type, path):
     """Returns ``value`` as ``field_type``, or raises UserError naming the dotted ``path``."""
+    arguments = typing.get_args(field_type)
+    if type(None) in arguments:  # an optional field: "none"/null means unset
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
+            return None
+        (field_type,) = [argument for argument in arguments if argument is not type(None)]
     if field_type is bool:
         if isinstance(value, bool):
             return value

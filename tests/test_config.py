@@ -52,3 +52,11 @@ def test_every_shipped_config_loads_and_names_a_registered_model(path):
     config = load_config(path)
     get_model_entry(config.model.name)
     assert path.read_text().startswith("#"), "configs state what they reproduce in a header comment"
+
+
+def test_an_optional_field_accepts_none_and_numbers():
+    assert load_config(None).model.dropout is None  # the architecture's published default
+    assert load_config(None, ["model.dropout=0.3"]).model.dropout == 0.3
+    assert load_config(None, ["model.dropout=0.3", "model.dropout=none"]).model.dropout is None
+    with pytest.raises(UserError, match="model.dropout must be float"):
+        load_config(None, ["model.dropout=high"])

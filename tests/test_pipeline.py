@@ -102,6 +102,18 @@ def test_augmentation_works_eagerly_and_inside_tf_data(augment):
         assert np.isfinite(values).all() and values.min() >= -1e-3 and values.max() <= 255.001
 
 
+def test_colour_jitter_keeps_pixels_in_range_despite_the_keras_saturation_bug():
+    """Keras' RandomSaturation on 0-255 images yields negative pixels; ours must not."""
+    augmenter = build_augmenter(AugmentConfig(horizontal_flip=False, color_jitter=0.5), 40, seed=0)
+    images = np.random.default_rng(1).uniform(0, 255, size=(16, 40, 40, 3)).astype(np.float32)
+    keras_jitter = keras.layers.RandomColorJitter(value_range=(0, 255), saturation_factor=(0.25, 0.75), seed=0)
+    assert min(float(np.min(keras_jitter(images, training=True))) for _ in range(5)) < -1.0  # the bug
+    for _ in range(5):
+        values = augmenter(images, training=True).numpy()
+        assert values.min() >= -1e-3 and values.max() <= 255.001
+        assert not np.allclose(values, images)  # it did change colours
+
+
 def test_flip_is_horizontal_only_and_no_augmentation_means_none():
     augmenter = build_augmenter(AugmentConfig(horizontal_flip=True), 16)
     image = np.zeros((1, 16, 16, 3), np.float32)

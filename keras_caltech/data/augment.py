@@ -45,9 +45,17 @@ def build_augmenter(augment, image_size, seed=0):
                                               seed=seed + 6, name="shear"))
     if augment.color_jitter:
         factor = augment.color_jitter
-        steps.append(keras.layers.RandomColorJitter(
-            value_range=(0, 255), brightness_factor=factor, contrast_factor=factor,
-            saturation_factor=(0.5 - factor / 2, 0.5 + factor / 2), seed=seed + 7, name="color_jitter"))
+        steps.append(keras.layers.RandomBrightness(factor, value_range=(0, 255), seed=seed + 7,
+                                                   name="brightness"))
+        steps.append(keras.layers.RandomContrast(factor, value_range=(0, 255), seed=seed + 8, name="contrast"))
+        # Keras 3.15's RandomSaturation (and RandomColorJitter, which uses it) clips the
+        # HSV saturation channel to value_range instead of [0, 1], so on 0-255 images a
+        # saturation above 1 survives and RGB values go negative (seen down to -126). No
+        # upstream issue found; workaround: saturate 0-1 images. Tested in test_pipeline.
+        steps.append(keras.layers.Rescaling(1 / 255, name="to_unit_range"))
+        steps.append(keras.layers.RandomSaturation((0.5 - factor / 2, 0.5 + factor / 2), value_range=(0, 1),
+                                                   seed=seed + 9, name="saturation"))
+        steps.append(keras.layers.Rescaling(255, name="from_unit_range"))
     if not steps:
         return None
     return keras.Sequential(steps, name="augment")

@@ -64,7 +64,7 @@ def normalization_for(config, entry, train_view, class_names):
 def build_model(config, num_classes, normalization=None):
     """Creates the config's model; ``normalization`` as written by :func:`normalization_for`."""
     normalization = normalization or {}
-    kwargs = {"dropout": config.model.dropout}
+    kwargs = {} if config.model.dropout is None else {"dropout": config.model.dropout}
     if normalization.get("mean") is not None:
         kwargs.update(mean=normalization["mean"], std=normalization["std"])
     return create_model(config.model.name, num_classes, config.data.image_size, **kwargs)
