@@ -66,6 +66,8 @@ def main(argv=None):
           f"{summary['num_excluded']} files excluded)")
     print(f"best epoch {summary['best_epoch']} of {summary['epochs_run']}, {summary['seconds']:.0f} s; "
           f"run folder: {summary['run_dir']}")
+    if summary["export_dir"]:
+        print(f"SavedModel for TF Serving: {summary['export_dir']}")
     return 0
 
 
