@@ -70,18 +70,28 @@ def make_jpegs(count, height, seed=0):
     return encoded
 
 
-def time_calls(function, argument, repeats):
-    """Seconds per call of ``function(argument)``, after two warm-up calls."""
-    for _ in range(2):
-        function(argument)
-    seconds = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        outputs = function(argument)
-        for value in tf.nest.flatten(outputs):  # make sure the work is done, not queued
+def time_rounds(calls, repeats):
+    """Seconds per call of each ``function(argument)`` in ``calls``, after two warm-up calls.
+
+    The calls take turns, one round at a time, so that load from other processes on a
+    shared machine slows every row alike instead of whichever happened to run then.
+
+    Returns:
+        float array (len(calls), repeats).
+    """
+    def run(function, argument):
+        for value in tf.nest.flatten(function(argument)):  # make sure the work is done, not queued
             value.numpy()
-        seconds.append(time.perf_counter() - started)
-    return np.array(seconds)
+
+    for function, argument in calls * 2:
+        run(function, argument)
+    seconds = np.zeros((len(calls), repeats))
+    for repeat in range(repeats):
+        for index, (function, argument) in enumerate(calls):
+            started = time.perf_counter()
+            run(function, argument)
+            seconds[index, repeat] = time.perf_counter() - started
+    return seconds
 
 
 def main(argv=None):
@@ -113,12 +123,13 @@ def main(argv=None):
                   f"{f'batch {args.batch_size} img/s':>16}")
         print(header)
         print("-" * len(header))
+        latency = time_rounds([(function, single) for _, _, function, single, _ in rows], args.repeats) * 1000
+        batch_seconds = time_rounds([(function, batch) for _, _, function, _, batch in rows], args.repeats)
         throughput = {}
-        for name, description, function, single, batch in rows:
-            latency = time_calls(function, single, args.repeats) * 1000
-            throughput[name] = args.batch_size / np.median(time_calls(function, batch, args.repeats))
-            print(f"{name:<16} {description:<40} {np.percentile(latency, 50):14.2f} "
-                  f"{np.percentile(latency, 95):14.2f} {throughput[name]:16.1f}")
+        for index, (name, description, *_) in enumerate(rows):
+            throughput[name] = args.batch_size / np.median(batch_seconds[index])
+            print(f"{name:<16} {description:<40} {np.percentile(latency[index], 50):14.2f} "
+                  f"{np.percentile(latency[index], 95):14.2f} {throughput[name]:16.1f}")
     extra = 1000 * (1 / throughput["serving_default"] - 1 / throughput["keras model"])
     print(f"decode + resize + top-k inside serving_default at batch {args.batch_size}: "
           f"{extra:+.3f} ms per image over the bare model")

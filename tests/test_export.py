@@ -334,11 +334,20 @@ def test_predict_prints_the_top_classes_per_image_and_one_error_line_per_bad_fil
     assert "not a readable image" in err[0] and "missing.jpg: cannot read the file" in err[-1]
 
 
-def test_predict_refuses_a_folder_without_a_saved_model(tmp_path, capsys):
-    (tmp_path / "tiny" / "notes").mkdir(parents=True)
+@pytest.mark.parametrize("layout, message", [
+    ("no versions", "holds no SavedModel"),
+    ("damaged saved_model.pb", "could not load the SavedModel in"),
+    ("missing", "SavedModel folder not found"),
+])
+def test_predict_refuses_a_folder_without_a_usable_saved_model(tmp_path, capsys, layout, message):
+    if layout == "no versions":
+        (tmp_path / "tiny" / "notes").mkdir(parents=True)
+    elif layout == "damaged saved_model.pb":
+        (tmp_path / "tiny" / "3").mkdir(parents=True)
+        (tmp_path / "tiny" / "3" / "saved_model.pb").write_bytes(b"not a protocol buffer")
     assert cli.predict_main(["--model", str(tmp_path / "tiny"), "image.jpg"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: ") and "holds no SavedModel" in err[0]
+    assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
 
 
 def test_export_staging_folder_is_removed_when_the_version_appears_meanwhile(exported, tmp_path, monkeypatch):

@@ -46,12 +46,19 @@ class SavedModelClassifier:
         path: ``saved_models/NAME/VERSION``, or ``saved_models/NAME`` for its highest version.
 
     Raises:
-        UserError: no SavedModel there, or one without a ``serving_default`` signature.
+        UserError: no SavedModel there, a damaged one, or one without a ``serving_default``
+            signature.
     """
 
     def __init__(self, path):
         self.path = resolve_version_dir(path)
-        signatures = tf.saved_model.load(str(self.path)).signatures
+        try:
+            signatures = tf.saved_model.load(str(self.path)).signatures
+        except (OSError, ValueError, tf.errors.OpError) as error:
+            text = str(error).strip()
+            first_line = text.splitlines()[0].rstrip(".") if text else type(error).__name__
+            raise UserError(f"could not load the SavedModel in {self.path}: {first_line}. "
+                            "Export it again with `python -m keras_caltech export runs/NAME`") from error
         if "serving_default" not in signatures:
             raise UserError(f"{self.path} has no serving_default signature; signatures: "
                             f"{', '.join(signatures) or '(none)'}. Export it with `python -m keras_caltech export`")

@@ -5,7 +5,7 @@ the highest one and ignores any other name) and answers on three signatures:
 
 ``serving_default``
     ``image_bytes``: string (batch,), encoded JPEG, PNG, GIF (first frame) or BMP of any
-    size, grayscale or colour. Outputs ``probabilities`` float32 (batch, classes),
+    size, grayscale or colour (and WebP, which ``tf.io.decode_image`` also reads). Outputs ``probabilities`` float32 (batch, classes),
     ``top_k_classes`` int32 (batch, k), ``top_k_names`` string (batch, k),
     ``top_k_scores`` float32 (batch, k); k = min(5, classes).
 ``predict_images``
@@ -40,7 +40,6 @@ from keras_caltech.models.loading import load_model_safely
 from keras_caltech.training.run_folder import open_run
 
 TOP_K = 5
-SIGNATURES = ("serving_default", "predict_images", "gradcam")
 
 
 def build_archive(model, class_names):

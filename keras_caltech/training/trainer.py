@@ -176,7 +176,8 @@ def train(config, output_dir=None, *, verbose=None, log=print):
                                       config.export.name or run_dir.resolve().name)
         except UserError as error:
             raise UserError(f"training finished (run folder {run_dir}) but the export failed: {error}. "
-                            f"Retry with: python -m keras_caltech export {run_dir}") from error
+                            f"Retry with: python -m keras_caltech export {run_dir} "
+                            f"--base-dir {config.export.base_dir}") from error
     return {"run_dir": str(run_dir), "top1": metrics["top1"], "top5": metrics["top5"],
             "mean_per_class_accuracy": metrics["mean_per_class_accuracy"], "num_test": metrics["num_examples"],
             "num_excluded": len(scan.excluded), "epochs_run": len(history.epoch),
