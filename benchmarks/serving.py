@@ -3,6 +3,7 @@
     python benchmarks/serving.py                            # tiny: untrained MyCNN, 32 px, 10 classes
     python benchmarks/serving.py --image-size 224 --source-size 300 --repeats 50
     python benchmarks/serving.py --run runs/NAME            # a trained run's best.keras
+    python benchmarks/serving.py --run runs/NAME --saved-model saved_models/NAME/1   # its existing export
 
 Prints latency (p50, p95) of one call at batch 1 and throughput at batch N (default 32) for
 
@@ -11,8 +12,8 @@ Prints latency (p50, p95) of one call at batch 1 and throughput at batch N (defa
     keras model       arrays already decoded and resized, the model alone (graph-compiled)
 
 so the cost of decoding and resizing inside the signature is the difference between the
-first row and the last. The SavedModel is exported to a temporary folder by the same
-code as ``python -m keras_caltech export``. A benchmark, not a test: timings depend on
+first row and the last. Unless ``--saved-model`` names an existing export, the model is
+exported to a temporary folder by the same code as ``python -m keras_caltech export``. A benchmark, not a test: timings depend on
 the machine and its load, and nothing asserts on them.
 """
 
@@ -36,6 +37,8 @@ from keras_caltech.export.saved_model import export_model  # noqa: E402
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--run", help="a run folder: benchmark its best.keras (default: an untrained MyCNN)")
+    parser.add_argument("--saved-model", help="with --run: an existing export of that run to time "
+                                              "(default: export the model afresh to a temporary folder)")
     parser.add_argument("--image-size", type=int, default=32, help="model input side without --run (default 32)")
     parser.add_argument("--num-classes", type=int, default=10, help="classes without --run (default 10)")
     parser.add_argument("--source-size", type=int, default=64,
@@ -96,6 +99,10 @@ def time_rounds(calls, repeats):
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.saved_model and not args.run:
+        print("error: --saved-model needs --run, the run it was exported from (its Keras model is the baseline)",
+              file=sys.stderr)
+        return 2
     model, class_names = load_or_build_model(args)
     image_size = model.input_shape[1]
     jpegs = make_jpegs(args.batch_size, args.source_size)
@@ -107,7 +114,8 @@ def main(argv=None):
         return model(images, training=False)
 
     with tempfile.TemporaryDirectory() as folder:
-        signatures = tf.saved_model.load(str(export_model(model, class_names, folder, "benchmark"))).signatures
+        saved_model = args.saved_model or export_model(model, class_names, folder, "benchmark")
+        signatures = tf.saved_model.load(str(saved_model)).signatures
         serving_default, predict_images = signatures["serving_default"], signatures["predict_images"]
         rows = [
             ("serving_default", f"JPEG bytes {args.source_size}x{args.source_size * 4 // 3}",

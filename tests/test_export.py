@@ -371,8 +371,8 @@ def test_the_serving_benchmark_runs_end_to_end_on_a_tiny_configuration(exported,
     spec = importlib.util.spec_from_file_location("serving_benchmark", path)
     benchmark = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(benchmark)
-    assert benchmark.main(["--run", str(exported["run_dir"]), "--batch-size", "4", "--repeats", "2",
-                           "--source-size", "40"]) == 0
+    assert benchmark.main(["--run", str(exported["run_dir"]), "--saved-model", str(exported["version_dir"]),
+                           "--batch-size", "4", "--repeats", "2", "--source-size", "40"]) == 0
     out = capsys.readouterr().out
     assert "serving_default" in out and "keras model" in out and "p95" in out
 
