@@ -21,7 +21,8 @@ def parse_args(argv):
         epilog="Config fields (section.key): data.image_size, data.batch_size, data.root, "
                "data.exclude_classes, data.include_classes, data.normalization (dataset|imagenet|half), "
                "data.cache (none|memory|disk), augment.*, model.name, model.dropout, train.epochs, "
-               "train.optimizer (adam|sgd), train.learning_rate, train.schedule (constant|step), ... "
+               "train.optimizer (adam|sgd), train.learning_rate, train.schedule (constant|step), "
+               "export.enabled, export.base_dir, ... "
                "See keras_caltech/config.py for all of them and their defaults.")
     parser.add_argument("--config", default=DEFAULT_CONFIG,
                         help="YAML config listing what differs from the defaults (default: configs/default.yaml)")
@@ -66,6 +67,8 @@ def main(argv=None):
           f"{summary['num_excluded']} files excluded)")
     print(f"best epoch {summary['best_epoch']} of {summary['epochs_run']}, {summary['seconds']:.0f} s; "
           f"run folder: {summary['run_dir']}")
+    if summary["export_dir"]:
+        print(f"SavedModel for TF Serving: {summary['export_dir']}")
     return 0
 
 

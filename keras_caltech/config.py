@@ -83,6 +83,15 @@ class TrainConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class ExportConfig:
+    """The TF Serving SavedModel written at the end of training (``python -m keras_caltech export`` later)."""
+
+    enabled: bool = True
+    base_dir: str = "saved_models"  # the model lands in BASE_DIR/NAME/VERSION/, the next free version
+    name: str = ""  # the served model's name; "" means the run folder's name
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     """A whole run's configuration."""
 
@@ -91,6 +100,7 @@ class Config:
     augment: AugmentConfig = dataclasses.field(default_factory=AugmentConfig)
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    export: ExportConfig = dataclasses.field(default_factory=ExportConfig)
 
 
 def _coerce(value, field_type, path):

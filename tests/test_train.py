@@ -10,7 +10,8 @@ import train
 from keras_caltech.models.loading import load_model_safely
 
 TINY = ["--set", "data.image_size=32", "--set", "data.batch_size=8", "--set", "train.epochs=1",
-        "--set", "data.cache_dir=", "--set", "train.tensorboard=false"]
+        "--set", "data.cache_dir=", "--set", "train.tensorboard=false",
+        "--set", "export.enabled=false"]  # tests that export point export.base_dir to tmp_path
 
 
 def test_one_epoch_run_writes_the_whole_run_folder(tiny_dataset, tmp_path, capsys):

@@ -18,6 +18,7 @@ from keras_caltech.data.scan import discover_classes, scan_dataset
 from keras_caltech.data.splits import SPLIT_NAMES, stratified_split
 from keras_caltech.errors import UserError
 from keras_caltech.evaluation.evaluate import evaluate_model
+from keras_caltech.export.saved_model import export_model
 from keras_caltech.models import create_model, get_model_entry
 from keras_caltech.models.loading import load_model_safely
 from keras_caltech.training.callbacks import BestCheckpoint, StopOnNonFiniteLoss
@@ -91,8 +92,9 @@ def train(config, output_dir=None, *, verbose=None, log=print):
         log: where progress lines go.
 
     Returns:
-        A summary dict: run_dir, top1, top5, mean_per_class_accuracy, num_test,
-        num_excluded, epochs_run, best_epoch, seconds.
+        A summary dict: run_dir, export_dir (None when config.export.enabled is false),
+        top1, top5, mean_per_class_accuracy, num_test, num_excluded, epochs_run,
+        best_epoch, seconds.
 
     Raises:
         UserError: bad data, config or model choice, or a loss that became NaN.
@@ -169,7 +171,17 @@ def train(config, output_dir=None, *, verbose=None, log=print):
     metrics.update(split="test", best_epoch=checkpoint.best_epoch, monitor=monitor,
                    best_monitor_value=checkpoint.best)
     write_json(run_dir / "metrics.json", metrics)
+    export_dir = None
+    if config.export.enabled:  # the best model, for TF Serving: BASE_DIR/NAME/VERSION/
+        try:
+            export_dir = export_model(best_model, class_names, config.export.base_dir,
+                                      config.export.name or run_dir.resolve().name)
+        except UserError as error:
+            raise UserError(f"training finished (run folder {run_dir}) but the export failed: {error}. "
+                            f"Retry with: python -m keras_caltech export {run_dir} "
+                            f"--base-dir {config.export.base_dir}") from error
     return {"run_dir": str(run_dir), "top1": metrics["top1"], "top5": metrics["top5"],
             "mean_per_class_accuracy": metrics["mean_per_class_accuracy"], "num_test": metrics["num_examples"],
             "num_excluded": len(scan.excluded), "epochs_run": len(history.epoch),
-            "best_epoch": checkpoint.best_epoch, "seconds": round(time.time() - started, 1)}
+            "best_epoch": checkpoint.best_epoch, "seconds": round(time.time() - started, 1),
+            "export_dir": None if export_dir is None else str(export_dir)}

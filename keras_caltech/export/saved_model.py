@@ -1,0 +1,178 @@
+"""Exporting a trained classifier as a TF Serving SavedModel that takes image bytes.
+
+The SavedModel lands in ``BASE_DIR/NAME/VERSION/`` (integer versions: TF Serving loads
+the highest one and ignores any other name) and answers on three signatures:
+
+``serving_default``
+    ``image_bytes``: string (batch,), encoded JPEG, PNG, GIF (first frame) or BMP of any
+    size, grayscale or colour (and WebP, which ``tf.io.decode_image`` also reads). Outputs ``probabilities`` float32 (batch, classes),
+    ``top_k_classes`` int32 (batch, k), ``top_k_names`` string (batch, k),
+    ``top_k_scores`` float32 (batch, k); k = min(5, classes).
+``predict_images``
+    ``images``: float32 (batch, height, width, 3), RGB 0-255, any height and width.
+    Same outputs.
+``gradcam``
+    ``image_bytes`` as above. Outputs ``class_index`` int32 (batch,), ``class_name``
+    string (batch,), ``score`` float32 (batch,) (its probability), ``heatmap`` float32
+    (batch, size, size) in [0, 1] at the model's input size, ``empty`` bool (batch,).
+
+Inside, images are decoded and resized by ``decode_and_resize``, the function the
+evaluation pipeline's preprocessing is defined by, and normalized by the model's own
+first layer, so served answers equal evaluation's. Bytes that do not decode fail the
+whole request with InvalidArgument (TF Serving answers HTTP 400 with the message): a
+batch never comes back with a made-up answer for an unreadable image.
+"""
+
+import os
+import pathlib
+import shutil
+import uuid
+
+import keras
+import tensorflow as tf
+
+from keras_caltech.data.pipeline import decode_and_resize
+from keras_caltech.errors import UserError
+from keras_caltech.export.heatmap import gradcam_heatmaps, gradcam_model
+from keras_caltech.export.layout import next_version
+from keras_caltech.models import get_model_entry
+from keras_caltech.models.loading import load_model_safely
+from keras_caltech.training.run_folder import open_run
+
+TOP_K = 5
+
+
+def build_archive(model, class_names):
+    """Wraps a trained classifier in the three serving signatures.
+
+    Args:
+        model: a registered classifier (``model.name`` is its registry name):
+            (batch, size, size, 3) float 0-255 RGB in, logits out.
+        class_names: class names in label order, one per logit.
+
+    Returns:
+        A ``keras.export.ExportArchive`` ready for ``write_out``.
+
+    Raises:
+        UserError: the model is not registered, not square, or its number of logits
+            differs from the number of class names.
+    """
+    entry = get_model_entry(model.name)
+    _, height, width, channels = model.input_shape
+    num_classes = model.output_shape[-1]
+    if height != width or height is None or channels != 3:
+        raise UserError(f"only models taking square RGB images of a fixed size can be exported. "
+                        f"Received input shape {model.input_shape}")
+    if len(class_names) != num_classes:
+        raise UserError(f"model {model.name!r} has {num_classes} outputs but {len(class_names)} class "
+                        "names were given; export the class_names.json of the run that trained it")
+    image_size, top_k = height, min(TOP_K, num_classes)
+    names = tf.constant(list(class_names))  # (classes,) string, part of the graph
+    taps = gradcam_model(model, entry.gradcam_layer)
+
+    def decode_batch(image_bytes):
+        def decode_one(encoded):
+            return decode_and_resize(encoded, image_size)
+
+        # Images of different sizes cannot share a batch before resizing: one at a time.
+        return tf.map_fn(decode_one, image_bytes, fn_output_signature=tf.TensorSpec(
+            (image_size, image_size, 3), tf.float32))  # (batch, size, size, 3) 0-255
+
+    def classify(images):
+        probabilities = tf.nn.softmax(model(images, training=False))  # (batch, classes)
+        scores, indices = tf.math.top_k(probabilities, k=top_k)  # (batch, k) each
+        return {"probabilities": probabilities, "top_k_classes": indices,
+                "top_k_names": tf.gather(names, indices), "top_k_scores": scores}
+
+    def serve_bytes(image_bytes):
+        return classify(decode_batch(image_bytes))
+
+    def serve_images(images):
+        # The same bilinear resize as decode_and_resize, on pixels already decoded.
+        return classify(tf.image.resize(images, (image_size, image_size), method="bilinear"))
+
+    def serve_gradcam(image_bytes):
+        result = gradcam_heatmaps(taps, decode_batch(image_bytes))
+        probabilities = tf.nn.softmax(result["logits"])
+        return {"class_index": result["class_index"],
+                "class_name": tf.gather(names, result["class_index"]),
+                "score": tf.gather(probabilities, result["class_index"], batch_dims=1),
+                "heatmap": result["heatmap"], "empty": result["empty"]}
+
+    bytes_spec = tf.TensorSpec((None,), tf.string, name="image_bytes")
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint("serving_default", serve_bytes, input_signature=[bytes_spec])
+    archive.add_endpoint("predict_images", serve_images,
+                         input_signature=[tf.TensorSpec((None, None, None, 3), tf.float32, name="images")])
+    archive.add_endpoint("gradcam", serve_gradcam, input_signature=[bytes_spec])
+    return archive
+
+
+def export_model(model, class_names, base_dir, name, version=None):
+    """Writes ``model`` as a SavedModel to ``base_dir/name/version/``.
+
+    Args:
+        model: a registered classifier (see :func:`build_archive`).
+        class_names: class names in label order.
+        base_dir: the folder TF Serving's models live in, e.g. ``saved_models``.
+        name: the served model's name (one folder name).
+        version: a positive integer, or None for the next free one.
+
+    Returns:
+        The version folder as a pathlib.Path.
+
+    Raises:
+        UserError: a bad name or version, or a version that already exists.
+    """
+    if not name or name in (".", "..") or "/" in name or os.sep in name:
+        raise UserError(f"the exported model's name must be one folder name. Received: {name!r}")
+    model_dir = pathlib.Path(base_dir) / name
+    if version is None:
+        version = next_version(model_dir)
+    elif not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise UserError(f"the version must be a positive integer. Received: {version!r}")
+    target = model_dir / str(version)
+    if target.exists():
+        raise UserError(f"{target} already exists; TF Serving versions are never overwritten. "
+                        f"Pick another --version (next free: {next_version(model_dir)}) "
+                        "or omit it")
+    archive = build_archive(model, class_names)
+    # Written under a name TF Serving ignores (not an integer), then renamed into place,
+    # so a server watching the folder never loads a half-written version.
+    # mkdir (not mkdtemp, which makes the folder private) keeps the umask's permissions,
+    # so a server running as another user (TF Serving's container) can read it.
+    staging = model_dir / f".{version}-{uuid.uuid4().hex}.tmp"
+    try:
+        staging.mkdir(parents=True)
+    except OSError as error:
+        raise UserError(f"cannot create the SavedModel folder in {model_dir}: {error.strerror}. "
+                        "Pick a writable --base-dir (export.base_dir)") from error
+    try:
+        archive.write_out(str(staging), verbose=False)
+        if target.exists():  # another export took this version meanwhile
+            raise UserError(f"{target} appeared while exporting; nothing was overwritten")
+        os.rename(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def export_run(run_dir, base_dir="saved_models", name=None, version=None):
+    """Exports the best model of a finished run folder.
+
+    Args:
+        run_dir: a run folder written by training (``best.keras``, ``class_names.json``).
+        base_dir: where TF Serving's models live.
+        name: the served model's name; default the run folder's name.
+        version: a positive integer, or None for the next free one.
+
+    Returns:
+        The version folder as a pathlib.Path.
+
+    Raises:
+        UserError: not a run folder, an unloadable model, or see :func:`export_model`.
+    """
+    run = open_run(run_dir)
+    model = load_model_safely(run.model_path)
+    return export_model(model, run.class_names, base_dir, name or run.path.resolve().name, version)
