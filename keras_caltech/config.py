@@ -83,6 +83,13 @@ class TrainConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    """How the best checkpoint is evaluated at the end of training (and by default by ``evaluate``)."""
+
+    tta: str = "none"  # none | flip | 10crop: test-time augmentation, logits averaged over the views
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     """A whole run's configuration."""
 
@@ -91,6 +98,7 @@ class Config:
     augment: AugmentConfig = dataclasses.field(default_factory=AugmentConfig)
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
 
 
 def _coerce(value, field_type, path):
