@@ -92,6 +92,13 @@ class ExportConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    """How the best checkpoint is evaluated at the end of training (and by default by ``evaluate``)."""
+
+    tta: str = "none"  # none | flip | 10crop: test-time augmentation, logits averaged over the views
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     """A whole run's configuration."""
 
@@ -101,6 +108,7 @@ class Config:
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     export: ExportConfig = dataclasses.field(default_factory=ExportConfig)
+    eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
 
 
 def _coerce(value, field_type, path):

@@ -54,3 +54,32 @@ def messy_dataset(tmp_path):
     (root / "257.clutter").mkdir()
     Image.fromarray(np.zeros((30, 30, 3), np.uint8)).save(root / "257.clutter" / "257_0001.jpg")
     return root, usable, broken
+
+
+@pytest.fixture(scope="session")
+def tiny_runs(tiny_dataset, tmp_path_factory):
+    """Two finished one-epoch runs on ``tiny_dataset`` with the same classes and test split.
+
+    Run A is MyCNN at 32 px with ``eval.tta=flip``; run B MyCNN at 40 px with another
+    seed. Tests that change a run work on a copy (see ``copy_run``).
+
+    Returns:
+        (run A folder, run B folder).
+    """
+    import train
+
+    base = tmp_path_factory.mktemp("runs")
+    tiny = ["--set", "data.batch_size=8", "--set", "train.epochs=1", "--set", "data.cache_dir=",
+            "--set", "train.tensorboard=false"]
+    for name, extra in (("a", ["--set", "data.image_size=32", "--set", "eval.tta=flip"]),
+                        ("b", ["--set", "data.image_size=40", "--set", "train.seed=1"])):
+        assert train.main(["--data", str(tiny_dataset), "--output-dir", str(base / name), *tiny, *extra]) == 0
+    return base / "a", base / "b"
+
+
+def copy_run(run_dir, destination, leave_out=()):
+    """Copies a run folder (its split_view links stay links), leaving out the named files."""
+    import shutil
+
+    return shutil.copytree(run_dir, destination, symlinks=True, ignore=lambda folder, names: [
+        name for name in names if name in leave_out])

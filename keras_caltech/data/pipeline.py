@@ -103,7 +103,9 @@ def make_dataset(view_dir, class_names, image_size, batch_size, *, training=Fals
             random 224 crop); defaults to ``image_size``.
 
     Returns:
-        A tf.data.Dataset of (images float32 (batch, size, size, 3) 0-255, labels int32 (batch,)).
+        A tf.data.Dataset of (images float32 (batch, size, size, 3) 0-255, labels int32 (batch,)),
+        with attribute ``file_paths``: the view's files in dataset order when not training
+        (as on the dataset ``image_dataset_from_directory`` returns).
     """
     if cache not in CACHE_MODES:
         raise UserError(f"data.cache must be one of {', '.join(CACHE_MODES)}. Received: {cache!r}")
@@ -115,7 +117,8 @@ def make_dataset(view_dir, class_names, image_size, batch_size, *, training=Fals
         view_dir, labels="inferred", label_mode="int", class_names=class_names,
         batch_size=None, image_size=(load_size, load_size), shuffle=training, seed=seed,
         interpolation="bilinear", verbose=False)
-    num_images = len(dataset.file_paths)
+    file_paths = dataset.file_paths
+    num_images = len(file_paths)
     if num_images == 0:
         raise UserError(f"split folder {view_dir} holds no images")
     dataset = dataset.map(_int32_labels)
@@ -134,7 +137,9 @@ def make_dataset(view_dir, class_names, image_size, batch_size, *, training=Fals
             return augmenter(images, training=True), labels
 
         dataset = dataset.map(augment, num_parallel_calls=tf.data.AUTOTUNE)
-    return dataset.prefetch(tf.data.AUTOTUNE)
+    dataset = dataset.prefetch(tf.data.AUTOTUNE)
+    dataset.file_paths = file_paths  # evaluation maps each prediction back to its image
+    return dataset
 
 
 def channel_statistics(dataset, max_batches=None):

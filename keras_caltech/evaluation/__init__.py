@@ -1,1 +1,2 @@
-"""Evaluation: metrics from logits, and evaluating a model on a split."""
+"""Evaluation: metrics from logits, test-time augmentation, evaluating runs and ensembles,
+the figures and report.html, and the ``evaluate`` / ``ensemble`` commands."""

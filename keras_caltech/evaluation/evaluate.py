@@ -1,8 +1,24 @@
-"""Evaluating a model on a split of a run: logits through the same pipeline as training."""
+"""Evaluating a run: its best model on its saved test split, through the training pipeline.
+
+:func:`evaluate_run` is the one evaluation every caller shares: the trainer at the end of
+training and ``python -m keras_caltech evaluate``. It writes into the run folder
+``metrics.json`` (plain evaluation at the top level, every TTA mode under ``"tta"``),
+``confusion_matrix.png``, ``per_class.png`` and ``report.html``.
+"""
+
+import dataclasses
+import pathlib
+import tempfile
 
 import numpy as np
 
+from keras_caltech.data.pipeline import materialize_split
+from keras_caltech.errors import UserError
+from keras_caltech.evaluation import report
 from keras_caltech.evaluation.metrics import classification_metrics
+from keras_caltech.evaluation.tta import check_tta_mode, model_image_size, predict_with_tta
+from keras_caltech.models.loading import load_model_safely
+from keras_caltech.training.run_folder import BEST_MODEL, open_run, read_json, write_json
 
 
 def predict_logits(model, dataset):
@@ -22,3 +38,127 @@ def evaluate_model(model, dataset, class_names):
     """Returns :func:`classification_metrics` of ``model`` on ``dataset``."""
     logits, labels = predict_logits(model, dataset)
     return classification_metrics(logits, labels, class_names)
+
+
+@dataclasses.dataclass(frozen=True)
+class Predictions:
+    """One model's (or ensemble's) answers on a split, row i belonging to ``files[i]``.
+
+    Attributes:
+        logits: float32 (n, classes), averaged over the TTA views (summed over ensemble members).
+        labels: int64 (n,) true class indices.
+        files: the images' paths (pathlib.Path), in row order.
+    """
+
+    logits: np.ndarray
+    labels: np.ndarray
+    files: list
+
+
+def open_evaluable_run(run_dir):
+    """Opens a run folder that holds a best model; errors say what is missing.
+
+    Raises:
+        UserError: not a run folder, or no ``best.keras`` in it.
+    """
+    run = open_run(run_dir)
+    if not run.model_path.is_file():
+        raise UserError(f"{run.path} holds no {BEST_MODEL}: its training saved no checkpoint "
+                        "(stopped before the first epoch ended?). Evaluate a run folder that has one")
+    return run
+
+
+def materialize_test_split(run, view_dir):
+    """Links a run's saved test split into ``view_dir``, after checking its images exist.
+
+    Returns:
+        ``view_dir`` as a pathlib.Path.
+
+    Raises:
+        UserError: the test split is empty, or the dataset folder or some of its test
+            images are gone.
+    """
+    pairs = run.splits["test"]
+    if not pairs:
+        raise UserError(f"{run.path / 'splits.json'} holds no test images; nothing to evaluate")
+    if not run.root.is_dir():
+        raise UserError(f"the dataset folder of {run.path} is gone: {run.root} (from splits.json). "
+                        "Restore it there to evaluate this run")
+    missing = [relative for relative, _ in pairs if not (run.root / relative).is_file()]
+    if missing:
+        raise UserError(f"{len(missing)} of the {len(pairs)} test images of {run.path} are missing from "
+                        f"{run.root}, e.g. {missing[0]}. Restore the dataset to evaluate this run")
+    return materialize_split(run.root, pairs, run.class_names, view_dir)
+
+
+def predict_run(run, model, view_dir, mode, batch_size=None):
+    """Returns the :class:`Predictions` of a run's ``model`` on a split view, with TTA ``mode``.
+
+    Args:
+        run: a RunFolder (its config gives the batch size and ``augment.resize_crop``).
+        model: the run's loaded model; its own input size is used.
+        view_dir: a split view of the run's classes.
+        mode: a TTA mode.
+        batch_size: views per forward pass; default the run's ``data.batch_size``.
+    """
+    config = run.config
+    logits, labels, files = predict_with_tta(
+        model, view_dir, run.class_names, mode, batch_size=batch_size or config.data.batch_size,
+        image_size=model_image_size(model, config.data.image_size), resize_crop=config.augment.resize_crop)
+    return Predictions(logits=logits, labels=labels, files=files)
+
+
+def modes_to_run(mode):
+    """The plain evaluation always (cheap, and metrics.json's top level), then ``mode``."""
+    return ("none",) if mode == "none" else ("none", mode)
+
+
+def evaluate_run(run_dir, tta=None, *, batch_size=None, extra=None, log=print):
+    """Evaluates a run's ``best.keras`` on its test split and writes the results into the run.
+
+    Args:
+        run_dir: the run folder.
+        tta: a TTA mode (see :mod:`keras_caltech.evaluation.tta`); default the run
+            config's ``eval.tta``. The plain pass runs as well.
+        batch_size: views per forward pass; default the run's ``data.batch_size``.
+        extra: keys to add to ``metrics.json`` (the trainer's best epoch and monitor).
+        log: where progress lines go.
+
+    Returns:
+        The ``metrics.json`` dict: the plain evaluation's :func:`classification_metrics` at
+        the top level (plus ``split`` and ``extra``), keys already in the file kept, and
+        ``tta[mode]`` the full metrics of every mode evaluated so far.
+
+    Raises:
+        UserError: bad mode, not an evaluable run folder, or test images missing.
+    """
+    run = open_evaluable_run(run_dir)
+    mode = check_tta_mode(run.config.eval.tta if tta is None else tta)
+    model = load_model_safely(run.model_path)
+    results, predictions = {}, None
+    with tempfile.TemporaryDirectory(prefix="keras_caltech_eval_") as temporary:
+        view_dir = materialize_test_split(run, pathlib.Path(temporary) / "test")
+        for current in modes_to_run(mode):
+            log(f"evaluating {run.path.name} on {len(run.splits['test'])} test images, TTA {current} ...")
+            predictions = predict_run(run, model, view_dir, current, batch_size)
+            results[current] = classification_metrics(predictions.logits, predictions.labels, run.class_names)
+
+    metrics = _existing_metrics(run.path / "metrics.json", log)
+    metrics.update(results["none"], split="test", **(extra or {}))
+    metrics["tta"] = {**metrics.get("tta", {}), **results}
+    write_json(run.path / "metrics.json", metrics)
+    report.write_figures(run.path, results[mode], run.class_names, mode)
+    report.write_run_report(run, metrics, mode, predictions)
+    return metrics
+
+
+def _existing_metrics(path, log):
+    """The metrics.json already in a run (the trainer's keys, other TTA modes), or {}."""
+    if not path.is_file():
+        return {}
+    try:
+        existing = read_json(path)
+    except UserError as error:
+        log(f"warning: {error}; writing a new one")
+        return {}
+    return existing if isinstance(existing, dict) else {}

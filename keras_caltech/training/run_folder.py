@@ -9,8 +9,9 @@ Layout of ``runs/NAME/``::
     data_report.json     images used per split, files excluded and why
     best.keras           the checkpoint with the best validation accuracy
     history.csv          per-epoch metrics; logs/ for TensorBoard
-    metrics.json         test-split evaluation of best.keras
+    metrics.json         test-split evaluation of best.keras (per TTA mode under "tta")
     curves.png           loss and accuracy per epoch
+    confusion_matrix.png, per_class.png, report.html   the evaluation's figures and page
 
 Every file is written to a temporary name and renamed into place, so a killed run
 never leaves a half-written file that a later command would trust.

@@ -17,10 +17,10 @@ from keras_caltech.data.pipeline import NORMALIZATION_MODES, channel_statistics,
 from keras_caltech.data.scan import discover_classes, scan_dataset
 from keras_caltech.data.splits import SPLIT_NAMES, stratified_split
 from keras_caltech.errors import UserError
-from keras_caltech.evaluation.evaluate import evaluate_model
+from keras_caltech.evaluation.evaluate import evaluate_run
+from keras_caltech.evaluation.tta import check_tta_mode
 from keras_caltech.export.saved_model import export_model
 from keras_caltech.models import create_model, get_model_entry
-from keras_caltech.models.loading import load_model_safely
 from keras_caltech.training.callbacks import BestCheckpoint, StopOnNonFiniteLoss
 from keras_caltech.training.optim import make_optimizer
 from keras_caltech.training.run_folder import (BEST_MODEL, create_run_folder, write_atomically,
@@ -101,6 +101,7 @@ def train(config, output_dir=None, *, verbose=None, log=print):
     """
     started = time.time()
     entry = get_model_entry(config.model.name)  # fail on a bad name before any heavy work
+    check_tta_mode(config.eval.tta)  # ... and on a bad eval.tta before training, not after
     keras.utils.set_random_seed(config.train.seed)
     root = dataset_root(config.data)
     log(f"scanning {root} ...")
@@ -165,16 +166,12 @@ def train(config, output_dir=None, *, verbose=None, log=print):
         raise UserError(f"training stopped: the loss became NaN or infinite in epoch {nan_guard.stopped_epoch}; "
                         f"{last_good}. Try a lower train.learning_rate")
 
-    best_model = load_model_safely(run_dir / BEST_MODEL)
-    test_data = make_dataset(views["test"], class_names, image_size, batch_size)
-    metrics = evaluate_model(best_model, test_data, class_names)
-    metrics.update(split="test", best_epoch=checkpoint.best_epoch, monitor=monitor,
-                   best_monitor_value=checkpoint.best)
-    write_json(run_dir / "metrics.json", metrics)
+    metrics = evaluate_run(run_dir, config.eval.tta, log=log, extra={
+        "best_epoch": checkpoint.best_epoch, "monitor": monitor, "best_monitor_value": checkpoint.best})
     export_dir = None
     if config.export.enabled:  # the best model, for TF Serving: BASE_DIR/NAME/VERSION/
         try:
-            export_dir = export_model(best_model, class_names, config.export.base_dir,
+            export_dir = export_model(load_model_safely(run_dir / BEST_MODEL), class_names, config.export.base_dir,
                                       config.export.name or run_dir.resolve().name)
         except UserError as error:
             raise UserError(f"training finished (run folder {run_dir}) but the export failed: {error}. "
