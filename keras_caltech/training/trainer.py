@@ -21,6 +21,7 @@ from keras_caltech.evaluation.evaluate import evaluate_run
 from keras_caltech.evaluation.tta import check_tta_mode
 from keras_caltech.export.saved_model import export_model
 from keras_caltech.models import create_model, get_model_entry
+from keras_caltech.models.loading import load_model_safely
 from keras_caltech.training.callbacks import BestCheckpoint, StopOnNonFiniteLoss
 from keras_caltech.training.optim import make_optimizer
 from keras_caltech.training.run_folder import (BEST_MODEL, create_run_folder, write_atomically,
