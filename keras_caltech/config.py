@@ -42,7 +42,8 @@ class DataConfig:
     cache: str = "none"  # none | memory | disk: cache decoded, resized images
     scan_workers: int = 0  # threads for the corrupt-file scan; 0 = one per CPU core
     # Draw every class equally often in training (oversampling the rare ones; Caltech-256
-    # has 80 to 827 images per class). An epoch still holds as many images as the split.
+    # has 80 to 827 images per class). An epoch still holds as many images as the split;
+    # images are decoded as drawn, so data.cache does not apply to the training split.
     balanced_sampling: bool = False
 
 

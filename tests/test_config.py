@@ -25,6 +25,13 @@ def test_dotted_overrides_change_any_field():
     assert config.augment.horizontal_flip is False
 
 
+def test_lists_of_numbers_are_coerced_item_by_item():
+    config = load_config(None, ["train.progressive_sizes=[128, 224]", "train.progressive_epochs=6,4"])
+    assert config.train.progressive_sizes == (128, 224) and config.train.progressive_epochs == (6, 4)
+    with pytest.raises(UserError, match="train.progressive_sizes must be int. Received: 'big'"):
+        load_config(None, ["train.progressive_sizes=[128, big]"])
+
+
 @pytest.mark.parametrize("override, message", [
     ("train.epoch=3", "unknown config key 'train.epoch'. Did you mean train.epochs?"),
     ("trian.epochs=3", "unknown config key 'trian'"),

@@ -295,12 +295,16 @@ class PhaseRunner:
         if phase.image_size != config.data.image_size:
             # Fail now, not after the first stage, if the weights depend on the input size.
             final = self._build(config, None)
-            try:
-                load_weights_from(final, model)
-            except UserError as error:
-                raise UserError(f"progressive resizing needs a model whose weights do not depend on "
-                                f"the input size; {config.model.name}'s do ({error}). Drop "
-                                f"train.progressive_sizes or pick a model with a pooled head") from error
+            shapes = {layer.name: [tuple(weight.shape) for weight in layer.weights] for layer in model.layers}
+            for layer in final.layers:
+                final_shapes = [tuple(weight.shape) for weight in layer.weights]
+                if layer.name in shapes and shapes[layer.name] != final_shapes:
+                    raise UserError(
+                        f"progressive resizing needs a model whose weights do not depend on the input "
+                        f"size; {config.model.name}'s layer {layer.name!r} has weights "
+                        f"{shapes[layer.name]} at {phase.image_size} px but {final_shapes} at "
+                        f"{config.data.image_size} px. Drop train.progressive_sizes or pick a model "
+                        f"with a pooled head")
         return model
 
 
