@@ -20,9 +20,10 @@ def parse_args(argv):
                     "(Caltech-256, Caltech-101, or the built-in synthetic one).",
         epilog="Config fields (section.key): data.image_size, data.batch_size, data.root, "
                "data.exclude_classes, data.include_classes, data.normalization (dataset|imagenet|half), "
-               "data.cache (none|memory|disk), augment.*, model.name, model.dropout, train.epochs, "
-               "train.optimizer (adam|sgd), train.learning_rate, train.schedule (constant|step), "
-               "export.enabled, export.base_dir, ... "
+               "data.cache (none|memory|disk), data.balanced_sampling, augment.*, model.name, model.dropout, "
+               "model.weights (imagenet|none|FILE), model.fine_tune_blocks, train.epochs, "
+               "train.optimizer (adam|adamw|sgd), train.learning_rate, "
+               "train.schedule (constant|step|onecycle|cosine), train.label_smoothing, train.class_weight, eval.tta (none|flip|10crop), export.enabled, export.base_dir, ... "
                "See keras_caltech/config.py for all of them and their defaults.")
     parser.add_argument("--config", default=DEFAULT_CONFIG,
                         help="YAML config listing what differs from the defaults (default: configs/default.yaml)")
@@ -34,8 +35,12 @@ def parse_args(argv):
                         help="download (once, with checksum) and train on an official Caltech dataset "
                              "under data/ (overrides --data)")
     parser.add_argument("--output-dir", help="run folder to create (default: runs/NAME-DATE-TIME)")
+    parser.add_argument("--init-from", metavar="RUN",
+                        help="start from another run's weights (a run folder's best.keras, or a .keras "
+                             "file), with a new head if the class count differs (sets model.init_from)")
     parser.add_argument("--dry-run", action="store_true",
-                        help="build the model, print its summary and parameter count, train nothing")
+                        help="build the model, print its summary and parameter count, train nothing "
+                             "(pretrained weights are neither loaded nor downloaded)")
     return parser.parse_args(argv)
 
 
@@ -48,6 +53,8 @@ def main(argv=None):
 
     try:
         overrides = list(args.set) + ([f"data.root={args.data}"] if args.data else [])
+        if args.init_from:
+            overrides.append(f"model.init_from={args.init_from}")
         if args.dataset:
             from keras_caltech.data.download import download_dataset
             overrides.append(f"data.root={download_dataset(args.dataset, DOWNLOAD_DIR)}")

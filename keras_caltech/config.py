@@ -41,6 +41,10 @@ class DataConfig:
     normalization: str = "dataset"  # dataset | imagenet | half
     cache: str = "none"  # none | memory | disk: cache decoded, resized images
     scan_workers: int = 0  # threads for the corrupt-file scan; 0 = one per CPU core
+    # Draw every class equally often in training (oversampling the rare ones; Caltech-256
+    # has 80 to 827 images per class). An epoch still holds as many images as the split;
+    # images are decoded as drawn, so data.cache does not apply to the training split.
+    balanced_sampling: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,6 +60,13 @@ class AugmentConfig:
     random_resized_crop: bool = False  # keras-cv RandomCropAndResize
     crop_area_min: float = 0.25  # smallest crop area fraction for random_resized_crop
     color_jitter: float = 0.0  # brightness/contrast/saturation factor, 0 = off
+    rand_augment_ops: int = 0  # RandAugment: random operations per image (2 in the paper); 0 = off
+    rand_augment_factor: float = 0.5  # RandAugment strength, 0-1
+    random_erasing: float = 0.0  # probability of erasing a random patch of an image; 0 = off
+    # Batch mixing, after the augmentation above; each turns labels into class
+    # probabilities. With both on, each batch gets one of the two, at random.
+    mixup_alpha: float = 0.0  # MixUp weights ~ Beta(alpha, alpha); 0 = off (0.2 is usual)
+    cutmix_alpha: float = 0.0  # CutMix patch areas ~ Beta(alpha, alpha), 0-1; 0 = off (1.0 in the paper)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,6 +75,11 @@ class ModelConfig:
 
     name: str = "mycnn"
     dropout: float | None = None  # None: the architecture's published default
+    # Pretrained models (*_imagenet): imagenet | none | a backbone .weights.h5 file. With
+    # weights, train.epochs trains the new head on a frozen backbone (phase 1).
+    weights: str = "none"
+    fine_tune_blocks: int = 0  # phase 2: unfreeze this many top backbone blocks (-1: all)
+    init_from: str = ""  # a run folder (its best.keras) or .keras file whose weights start this run
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,13 +87,26 @@ class TrainConfig:
     """Optimizer, schedule and loop settings."""
 
     epochs: int = 20
-    optimizer: str = "adam"  # adam | sgd
-    learning_rate: float = 1e-3
+    optimizer: str = "adam"  # adam | adamw | sgd
+    learning_rate: float = 1e-3  # the starting rate; the peak for onecycle and cosine
     momentum: float = 0.9  # sgd only
+    nesterov: bool = False  # sgd only
+    # adam, sgd: an L2 term added to the gradient, as PyTorch's weight_decay (the reports'
+    # framework); adamw: decoupled decay of the weights (AdamW).
     weight_decay: float = 0.0
-    schedule: str = "step"  # constant | step
+    schedule: str = "step"  # constant | step | onecycle | cosine
     step_epochs: int = 10  # step schedule: multiply the rate by step_gamma every step_epochs
     step_gamma: float = 0.1
+    pct_start: float = 0.3  # onecycle: share of the steps spent rising to learning_rate
+    warmup_epochs: float = 0.0  # cosine: linear warm-up from 0 to learning_rate
+    label_smoothing: float = 0.0  # 0-1; turns labels into class probabilities
+    class_weight: str = "none"  # none | balanced: weight each class's loss by n / (classes x n_class)
+    # Progressive resizing: train at these sizes for these epochs (summing to epochs); the
+    # last size must be data.image_size. Empty: one size.
+    progressive_sizes: tuple[int, ...] = ()
+    progressive_epochs: tuple[int, ...] = ()
+    fine_tune_epochs: int = 0  # phase 2 after a frozen-backbone phase; needs model.fine_tune_blocks
+    fine_tune_learning_rate: float = 1e-4  # phase 2's rate, with the same schedule
     seed: int = 0
     tensorboard: bool = True
 
@@ -146,9 +175,11 @@ def _coerce(value, field_type, path):
     elif typing.get_origin(field_type) is tuple:
         if value is None or value == "":
             return ()
+        item_type = typing.get_args(field_type)[0]  # tuple[str, ...] or tuple[int, ...]
         items = value.split(",") if isinstance(value, str) else value
         if isinstance(items, (list, tuple)):
-            return tuple(_coerce(item, str, path).strip() for item in items)
+            return tuple(_coerce(item.strip() if isinstance(item, str) else item, item_type, path)
+                         for item in items)
     type_name = getattr(field_type, "__name__", str(field_type))
     raise UserError(f"{path} must be {type_name}. Received: {value!r}")
 

@@ -25,6 +25,13 @@ def test_dotted_overrides_change_any_field():
     assert config.augment.horizontal_flip is False
 
 
+def test_lists_of_numbers_are_coerced_item_by_item():
+    config = load_config(None, ["train.progressive_sizes=[128, 224]", "train.progressive_epochs=6,4"])
+    assert config.train.progressive_sizes == (128, 224) and config.train.progressive_epochs == (6, 4)
+    with pytest.raises(UserError, match="train.progressive_sizes must be int. Received: 'big'"):
+        load_config(None, ["train.progressive_sizes=[128, big]"])
+
+
 @pytest.mark.parametrize("override, message", [
     ("train.epoch=3", "unknown config key 'train.epoch'. Did you mean train.epochs?"),
     ("trian.epochs=3", "unknown config key 'trian'"),
@@ -45,13 +52,49 @@ def test_resolved_config_round_trips_through_yaml(tmp_path):
     assert load_config(tmp_path / "resolved.yaml") == config
 
 
-@pytest.mark.parametrize("path", CONFIGS, ids=[str(p.relative_to(p.parents[1])) for p in CONFIGS])
-def test_every_shipped_config_loads_and_names_a_registered_model(path):
+CONFIG_IDS = [str(p.relative_to(p.parents[1])) for p in CONFIGS]
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=CONFIG_IDS)
+def test_every_shipped_config_loads_and_validates(path):
+    from keras_caltech.data.augment import build_augmenter
     from keras_caltech.models import get_model_entry
+    from keras_caltech.training import phases, recipes
+    from keras_caltech.training.optim import make_optimizer
 
     config = load_config(path)
     get_model_entry(config.model.name)
-    assert path.read_text().startswith("#"), "configs state what they reproduce in a header comment"
+    phases.plan_phases(config)
+    recipes.check_recipe(config)
+    build_augmenter(config.augment, config.data.image_size)
+    make_optimizer(config.train, steps_per_epoch=100)
+    header = path.read_text()
+    assert header.startswith("#"), "configs state what they reproduce in a header comment"
+    if path.parent.name.startswith("caltech"):
+        assert "# Published:" in header and f"--config configs/{path.parent.name}/{path.name}" in header
+        if not config.data.include_classes:
+            assert {"257.clutter", "BACKGROUND_Google"} & set(config.data.exclude_classes)
+
+
+@pytest.fixture(scope="module")
+def class_folders(tmp_path_factory):
+    """Empty class folders: a dry run only lists them. Includes the Caltech-101 five."""
+    root = tmp_path_factory.mktemp("classes")
+    for name in ("001.ak47", "002.american-flag", "bonsai", "hawksbill", "menorah", "scorpion", "sunflower"):
+        (root / name).mkdir()
+    return root
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=CONFIG_IDS)
+def test_every_shipped_config_builds_in_a_dry_run_at_its_own_size(path, class_folders, capsys):
+    import train
+
+    config = load_config(path)
+    assert train.main(["--config", str(path), "--data", str(class_folders), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert f"{config.model.name}: " in out and " parameters, " in out and f"{config.data.image_size} px input" in out
+    if config.model.weights != "none":
+        assert "not loaded: a dry run never reads or downloads weights" in out
 
 
 def test_an_optional_field_accepts_none_and_numbers():

@@ -61,7 +61,7 @@ def _error_of(argv, capsys):
     (["--set", "train.epochs=many"], "error: train.epochs must be int"),
     (["--set", "train.nonsense=1"], "error: unknown config key 'train.nonsense'"),
     (["--set", "model.name=resnet9000"], "error: unknown model 'resnet9000'"),
-    (["--set", "train.optimizer=adagrad"], "error: unknown train.optimizer 'adagrad'. Valid optimizers: adam, sgd"),
+    (["--set", "train.optimizer=adagrad"], "error: unknown train.optimizer 'adagrad'. Valid optimizers: adam, adamw, sgd"),
     (["--config", "no/such/config.yaml"], "error: config file not found: no/such/config.yaml"),
 ])
 def test_bad_options_get_one_error_line_and_exit_code_2(tiny_dataset, tmp_path, capsys, extra, message):

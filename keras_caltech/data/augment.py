@@ -9,6 +9,8 @@ import keras
 # Random-resized-crop: core Keras has no such layer, keras-cv does.
 import keras_cv
 
+from keras_caltech.errors import UserError
+
 
 def build_augmenter(augment, image_size, seed=0):
     """Returns a Sequential of random layers for ``augment`` (an AugmentConfig), or None.
@@ -23,6 +25,7 @@ def build_augmenter(augment, image_size, seed=0):
         (batch, image_size, image_size, 3) 0-255 images, or None when nothing is enabled.
         ``load`` is :func:`load_size` of the same config.
     """
+    _check_ranges(augment)
     steps = []
     if augment.random_resized_crop:
         steps.append(keras_cv.layers.RandomCropAndResize(
@@ -56,6 +59,18 @@ def build_augmenter(augment, image_size, seed=0):
         steps.append(keras.layers.RandomSaturation((0.5 - factor / 2, 0.5 + factor / 2), value_range=(0, 1),
                                                    seed=seed + 9, name="saturation"))
         steps.append(keras.layers.Rescaling(255, name="from_unit_range"))
+    if augment.rand_augment_ops:
+        # num_ops operations drawn per image from Keras's list (shear, translation,
+        # solarization, colour degeneration, ...), each at strength ``factor``.
+        steps.append(keras.layers.RandAugment(
+            value_range=(0, 255), num_ops=augment.rand_augment_ops, factor=augment.rand_augment_factor,
+            seed=seed + 8, name="rand_augment"))
+    if augment.random_erasing:
+        # Last, so the erased patch is not rotated or recoloured. A (p, p) factor erases
+        # with probability exactly p (a single float would draw p from [0, p]).
+        steps.append(keras.layers.RandomErasing(
+            factor=(augment.random_erasing, augment.random_erasing), value_range=(0, 255),
+            seed=seed + 9, name="random_erasing"))
     if not steps:
         return None
     return keras.Sequential(steps, name="augment")
@@ -64,3 +79,14 @@ def build_augmenter(augment, image_size, seed=0):
 def load_size(augment, image_size):
     """The side images are decoded to before augmentation: larger when a crop follows."""
     return max(augment.resize_crop, image_size)
+
+
+def _check_ranges(augment):
+    """Raises UserError for augmentation settings outside their ranges."""
+    if augment.rand_augment_ops < 0:
+        raise UserError(f"augment.rand_augment_ops must be >= 0 (0 = off, 2 is usual). "
+                        f"Received: {augment.rand_augment_ops}")
+    for name in ("rand_augment_factor", "random_erasing"):
+        value = getattr(augment, name)
+        if not 0.0 <= value <= 1.0:
+            raise UserError(f"augment.{name} must be between 0 and 1. Received: {value}")

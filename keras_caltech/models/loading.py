@@ -5,6 +5,11 @@ would otherwise run arbitrary code from the file on load. Our models never need 
 custom layers are registered Keras-serializable classes (see ``layers.py``), known to
 the loader because this module lives in ``keras_caltech.models``, whose ``__init__``
 imports every model module before this one runs.
+
+Models load uncompiled (``compile=False``): evaluation, explanation and serving only
+run them, and a checkpoint's optimizer may be one of ``keras_caltech.training``'s
+registered optimizers or schedules, which a process that never imported the training
+package could not rebuild.
 """
 
 import pathlib
@@ -27,7 +32,8 @@ def load_model_safely(path):
         path: a ``.keras`` file written by ``model.save``.
 
     Returns:
-        The ``keras.Model``, with our registered custom layers restored.
+        The ``keras.Model``, with our registered custom layers restored, uncompiled
+        (no optimizer, loss or metrics).
 
     Raises:
         UserError: the path is missing, is a directory, cannot be read, is not a
@@ -56,7 +62,7 @@ def load_model_safely(path):
             "with model.save('name.keras'); SavedModel folders and .h5 files are not loaded here.")
 
     try:
-        return keras.saving.load_model(path, safe_mode=True)
+        return keras.saving.load_model(path, compile=False, safe_mode=True)
     except ValueError as error:
         message = str(error)
         if any(phrase in message for phrase in _SAFE_MODE_PHRASES):

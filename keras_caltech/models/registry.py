@@ -96,6 +96,21 @@ def get_model_entry(name):
     return _REGISTRY[name]
 
 
+def check_weights(name, weights):
+    """Raises UserError if ``weights`` are given for a model trained from scratch.
+
+    Args:
+        name: a registered model name.
+        weights: None, "imagenet" or a weights file path.
+    """
+    if weights is not None and not get_model_entry(name).pretrained:
+        pretrained = [model for model in list_models() if _REGISTRY[model].pretrained]
+        raise UserError(
+            f"model {name!r} is trained from scratch and takes no pretrained weights "
+            f"(received weights={weights!r}). Set model.weights=none, or pick a pretrained "
+            f"model: {', '.join(pretrained) or '(none registered)'}")
+
+
 def create_model(name, num_classes, image_size, *, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
                  weights=None, **options):
     """Builds a registered architecture as a Keras model that outputs logits.
@@ -130,12 +145,7 @@ def create_model(name, num_classes, image_size, *, mean=(0.5, 0.5, 0.5), std=(0.
     if unknown:
         raise UserError(f"model {name!r} has no option(s) {', '.join(unknown)}. "
                         f"Valid options: {', '.join(entry.options) or '(none)'}")
-    if weights is not None and not entry.pretrained:
-        pretrained = [model for model in list_models() if _REGISTRY[model].pretrained]
-        raise UserError(
-            f"model {name!r} is trained from scratch and takes no pretrained weights "
-            f"(received weights={weights!r}). Set model.weights=none, or pick a pretrained "
-            f"model: {', '.join(pretrained) or '(none registered)'}")
+    check_weights(name, weights)
 
     inputs = keras.Input((image_size, image_size, 3), name="image")
     if entry.input_normalization is not None:

@@ -12,7 +12,7 @@ import yaml
 from keras_caltech import plotting
 from keras_caltech.config import config_to_dict
 from keras_caltech.data import synthetic
-from keras_caltech.data.augment import build_augmenter, load_size
+from keras_caltech.data.augment import build_augmenter
 from keras_caltech.data.pipeline import NORMALIZATION_MODES, channel_statistics, make_dataset, materialize_split
 from keras_caltech.data.scan import discover_classes, scan_dataset
 from keras_caltech.data.splits import SPLIT_NAMES, stratified_split
@@ -22,6 +22,7 @@ from keras_caltech.evaluation.tta import check_tta_mode
 from keras_caltech.export.saved_model import export_model
 from keras_caltech.models import create_model, get_model_entry
 from keras_caltech.models.loading import load_model_safely
+from keras_caltech.training import phases, recipes
 from keras_caltech.training.callbacks import BestCheckpoint, StopOnNonFiniteLoss
 from keras_caltech.training.optim import make_optimizer
 from keras_caltech.training.run_folder import (BEST_MODEL, create_run_folder, write_atomically,
@@ -29,6 +30,8 @@ from keras_caltech.training.run_folder import (BEST_MODEL, create_run_folder, wr
 
 # Dataset statistics from a sample: enough for three means and deviations, and fast on Caltech-256.
 STATISTICS_SAMPLE_IMAGES = 2000
+# A dry run checks the schedule without scanning the data, at a typical epoch length.
+DRY_RUN_STEPS_PER_EPOCH = 100
 
 
 def dataset_root(data):
@@ -63,23 +66,41 @@ def normalization_for(config, entry, train_view, class_names):
     return {"mode": mode, "mean": list(mean), "std": list(std)}
 
 
-def build_model(config, num_classes, normalization=None):
-    """Creates the config's model; ``normalization`` as written by :func:`normalization_for`."""
+def build_model(config, num_classes, normalization=None, weights=None):
+    """Creates the config's model; ``normalization`` as written by :func:`normalization_for`.
+
+    ``weights`` (None, "imagenet" or a file) is for pretrained models; a model trained
+    from scratch refuses it with the registry's error.
+    """
     normalization = normalization or {}
     kwargs = {} if config.model.dropout is None else {"dropout": config.model.dropout}
     if normalization.get("mean") is not None:
         kwargs.update(mean=normalization["mean"], std=normalization["std"])
-    return create_model(config.model.name, num_classes, config.data.image_size, **kwargs)
+    return create_model(config.model.name, num_classes, config.data.image_size, weights=weights, **kwargs)
 
 
 def dry_run(config, log=print):
-    """Builds the model the config describes and prints its summary; trains nothing."""
+    """Builds the model the config describes, prints its summary and parameter count; trains nothing.
+
+    Pretrained weights are never loaded or downloaded: the model is built with
+    ``weights=None``, which has the same layers and parameter count. The phases,
+    augmentation, loss and schedule settings are checked as training would check them.
+    """
+    plan = phases.plan_phases(config)
+    recipes.check_recipe(config)
+    build_augmenter(config.augment, config.data.image_size)
+    make_optimizer(config.train, DRY_RUN_STEPS_PER_EPOCH)
     class_names, _ = discover_classes(dataset_root(config.data), config.data.include_classes,
                                       config.data.exclude_classes)
     model = build_model(config, len(class_names))
+    phases.check_fine_tune_blocks(model, config)
     model.summary(print_fn=log)
     log(f"{config.model.name}: {model.count_params():,} parameters, {len(class_names)} classes, "
         f"{config.data.image_size} px input")
+    if phases.weights_argument(config) is not None:
+        log(f"model.weights={config.model.weights} not loaded: a dry run never reads or downloads weights")
+    log("phases: " + "; ".join(f"{phase.name} {phase.last_epoch - phase.first_epoch} epoch(s) at "
+                               f"{phase.image_size} px" for phase in plan))
     return model
 
 
@@ -103,6 +124,8 @@ def train(config, output_dir=None, *, verbose=None, log=print):
     started = time.time()
     entry = get_model_entry(config.model.name)  # fail on a bad name before any heavy work
     check_tta_mode(config.eval.tta)  # ... and on a bad eval.tta before training, not after
+    phases.plan_phases(config)  # and on phase settings that contradict each other
+    recipes.check_recipe(config)
     keras.utils.set_random_seed(config.train.seed)
     root = dataset_root(config.data)
     log(f"scanning {root} ...")
@@ -130,36 +153,44 @@ def train(config, output_dir=None, *, verbose=None, log=print):
     views = {name: materialize_split(scan.root, splits[name], class_names, run_dir / "split_view" / name)
              for name in SPLIT_NAMES if splits[name]}
     image_size, batch_size = config.data.image_size, config.data.batch_size
-    load = load_size(config.augment, image_size)
     normalization = normalization_for(config, entry, views["train"], class_names)
     write_json(run_dir / "normalization.json", normalization)
 
-    augmenter = build_augmenter(config.augment, image_size, seed=config.train.seed)
-    train_data = make_dataset(views["train"], class_names, image_size, batch_size, training=True,
-                              augmenter=augmenter, cache=config.data.cache,
-                              cache_path=run_dir / "cache" / "train", seed=config.train.seed, load_size=load)
-    val_data = (make_dataset(views["val"], class_names, image_size, batch_size, cache=config.data.cache,
-                             cache_path=run_dir / "cache" / "val") if "val" in views else None)
-
-    model = build_model(config, len(class_names), normalization)
     steps_per_epoch = math.ceil(len(splits["train"]) / batch_size)
-    model.compile(
-        optimizer=make_optimizer(config.train, steps_per_epoch),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy"),
-                 keras.metrics.SparseTopKCategoricalAccuracy(k=min(5, len(class_names)), name="top5")])
-    monitor = "val_accuracy" if val_data is not None else "accuracy"
+    monitor = "val_accuracy" if "val" in views else "accuracy"
     checkpoint = BestCheckpoint(run_dir / BEST_MODEL, monitor=monitor)
     nan_guard = StopOnNonFiniteLoss()
-    callbacks = [checkpoint, nan_guard, keras.callbacks.CSVLogger(str(run_dir / "history.csv"))]
+    # append: a run of several phases calls fit once per phase, all into one history.
+    callbacks = [checkpoint, nan_guard, keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True)]
     if config.train.tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(str(run_dir / "logs"), write_graph=False))
-    log(f"training {config.model.name} ({model.count_params():,} parameters) for {config.train.epochs} "
-        f"epochs on {', '.join(device.device_type for device in tf.config.list_logical_devices())}")
     if verbose is None:
         verbose = 1 if sys.stdout.isatty() else 2
-    history = model.fit(train_data, validation_data=val_data, epochs=config.train.epochs,
-                        callbacks=callbacks, verbose=verbose, shuffle=False)  # the dataset shuffles itself
+
+    # Recipes (training/phases.py, training/recipes.py): one fit per phase (progressive
+    # sizes, frozen-backbone head, fine-tuning), data with the recipe's labels, mixing
+    # and sampling, and class weights.
+    runner = phases.PhaseRunner(
+        config, lambda phase_config, weights: build_model(phase_config, len(class_names), normalization, weights),
+        len(class_names), steps_per_epoch, log=log)
+    class_weight = recipes.class_weights([label for _, label in splits["train"]], len(class_names),
+                                         config.train.class_weight)
+    log(f"training {config.model.name} for {runner.total_epochs} epochs on "
+        f"{', '.join(device.device_type for device in tf.config.list_logical_devices())}")
+    fit_data, epochs_run = {}, 0
+    for phase in runner.plan:
+        model = runner.enter(phase)
+        if phase.image_size not in fit_data:
+            fit_data[phase.image_size] = recipes.make_fit_data(phase.config, views, class_names,
+                                                               run_dir / "cache", image_size)
+        train_data, val_data = fit_data[phase.image_size]
+        history = model.fit(train_data, validation_data=val_data, initial_epoch=phase.first_epoch,
+                            epochs=phase.last_epoch, class_weight=class_weight,
+                            callbacks=phases.callbacks_for(phase, callbacks), verbose=verbose,
+                            shuffle=False)  # the dataset shuffles itself
+        epochs_run += len(history.epoch)
+        if nan_guard.stopped_epoch is not None:
+            break
     plotting.plot_curves(run_dir / "history.csv", run_dir / "curves.png")
     if nan_guard.stopped_epoch is not None:
         last_good = (f"the last good checkpoint is {run_dir / BEST_MODEL} (epoch {checkpoint.best_epoch})"
@@ -180,6 +211,6 @@ def train(config, output_dir=None, *, verbose=None, log=print):
                             f"--base-dir {config.export.base_dir}") from error
     return {"run_dir": str(run_dir), "top1": metrics["top1"], "top5": metrics["top5"],
             "mean_per_class_accuracy": metrics["mean_per_class_accuracy"], "num_test": metrics["num_examples"],
-            "num_excluded": len(scan.excluded), "epochs_run": len(history.epoch),
+            "num_excluded": len(scan.excluded), "epochs_run": epochs_run,
             "best_epoch": checkpoint.best_epoch, "seconds": round(time.time() - started, 1),
             "export_dir": None if export_dir is None else str(export_dir)}

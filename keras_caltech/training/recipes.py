@@ -1,0 +1,200 @@
+"""Training recipes on top of the plain loop: label smoothing, MixUp/CutMix, class weights.
+
+Label smoothing and batch mixing both train on class probabilities instead of class
+indices, so when any of them is on the labels become one-hot vectors in the pipeline,
+the loss becomes ``CategoricalCrossentropy(from_logits=True, label_smoothing=...)`` and
+the metrics their categorical twins, under the same names (``accuracy``, ``top5``,
+hence ``val_accuracy``) that callbacks and history files expect. On a mixed batch,
+training accuracy counts the class with the larger share as the label.
+
+MixUp and CutMix are Keras's layers, applied to whole training batches in tf.data after
+the per-image augmentation; validation and test data are never mixed.
+
+Class weights (``train.class_weight=balanced``) give each class the loss weight
+``n / (num_classes * n_class)`` from the training split's counts (scikit-learn's
+"balanced" heuristic), so every class contributes equally to the expected loss.
+Keras applies them through ``fit(class_weight=...)``, by each label's largest entry.
+"""
+
+import pathlib
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from keras_caltech.data.augment import build_augmenter, load_size
+from keras_caltech.data.pipeline import make_dataset
+from keras_caltech.data.sampling import class_counts, make_balanced_dataset
+from keras_caltech.errors import UserError
+
+CLASS_WEIGHT_MODES = ("none", "balanced")
+
+
+def uses_class_probabilities(config):
+    """Whether ``config`` trains on one-hot (smoothed or mixed) labels instead of indices."""
+    return (config.train.label_smoothing > 0 or config.augment.mixup_alpha > 0
+            or config.augment.cutmix_alpha > 0)
+
+
+def check_recipe(config):
+    """Raises UserError for recipe settings outside their ranges or used together wrongly."""
+    train, augment = config.train, config.augment
+    if not 0.0 <= train.label_smoothing < 1.0:
+        raise UserError(f"train.label_smoothing must be in [0, 1) (0.1 is usual). "
+                        f"Received: {train.label_smoothing}")
+    if augment.mixup_alpha < 0:
+        raise UserError(f"augment.mixup_alpha must be >= 0 (0 = off, 0.2 is usual). "
+                        f"Received: {augment.mixup_alpha}")
+    if not 0.0 <= augment.cutmix_alpha <= 1.0:
+        raise UserError(f"augment.cutmix_alpha must be between 0 (off) and 1 (Keras's CutMix "
+                        f"bound; 1.0 is the paper's). Received: {augment.cutmix_alpha}")
+    if train.class_weight not in CLASS_WEIGHT_MODES:
+        raise UserError(f"unknown train.class_weight {train.class_weight!r}. "
+                        f"Valid modes: {', '.join(CLASS_WEIGHT_MODES)}")
+    if train.class_weight != "none" and config.data.balanced_sampling:
+        raise UserError("train.class_weight=balanced and data.balanced_sampling=true both correct "
+                        "the class imbalance, and together over-correct it; use one of them")
+
+
+def loss_and_metrics(config, num_classes):
+    """Returns (loss, metrics) to compile a model with, for integer or one-hot labels.
+
+    Args:
+        config: the run's Config.
+        num_classes: number of classes (top-5 becomes top-k for fewer than 5).
+
+    Returns:
+        A Keras loss on logits, and [accuracy, top5] metrics named ``accuracy`` and ``top5``.
+    """
+    top_k = min(5, num_classes)
+    if uses_class_probabilities(config):
+        return (keras.losses.CategoricalCrossentropy(from_logits=True,
+                                                     label_smoothing=config.train.label_smoothing),
+                [keras.metrics.CategoricalAccuracy(name="accuracy"),
+                 keras.metrics.TopKCategoricalAccuracy(k=top_k, name="top5")])
+    return (keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            [keras.metrics.SparseCategoricalAccuracy(name="accuracy"),
+             keras.metrics.SparseTopKCategoricalAccuracy(k=top_k, name="top5")])
+
+
+def build_batch_mixer(augment, num_classes, seed=0):
+    """Returns ``mix(images, one_hot_labels) -> (images, labels)`` for MixUp/CutMix, or None.
+
+    Args:
+        augment: the config's ``augment`` section.
+        num_classes: length of the label vectors.
+        seed: seed of the mixing layers and of the per-batch choice between them.
+
+    Returns:
+        A function on a batch (images float32 (batch, h, w, 3) 0-255, labels float32
+        (batch, num_classes)) returning the mixed batch, shapes unchanged; None when
+        both are off. With both on, each batch gets MixUp or CutMix with equal chance.
+    """
+    layers = []
+    if augment.mixup_alpha > 0:
+        layers.append(keras.layers.MixUp(alpha=augment.mixup_alpha, seed=seed + 10, name="mixup"))
+    if augment.cutmix_alpha > 0:
+        # Keras's CutMix draws Beta(a, a) with a uniform in ``factor``; (alpha, alpha)
+        # fixes a = alpha, as in the paper.
+        layers.append(keras.layers.CutMix(factor=(augment.cutmix_alpha, augment.cutmix_alpha),
+                                          seed=seed + 11, name="cutmix"))
+    if not layers:
+        return None
+
+    def apply(layer, images, labels):
+        mixed = layer({"images": images, "labels": labels}, training=True)
+        return mixed["images"], mixed["labels"]
+
+    def mix(images, labels):
+        if len(layers) == 1:
+            return apply(layers[0], images, labels)
+        use_first = tf.random.uniform((), seed=seed + 12) < 0.5
+        return tf.cond(use_first, lambda: apply(layers[0], images, labels),
+                       lambda: apply(layers[1], images, labels))
+
+    return mix
+
+
+def with_class_probabilities(dataset, num_classes, mixer=None):
+    """Maps a batched (images, int labels) dataset to one-hot labels, then mixes its batches.
+
+    Args:
+        dataset: batches of (images float32 (batch, h, w, 3), labels int (batch,)).
+        num_classes: length of the one-hot vectors.
+        mixer: from :func:`build_batch_mixer`, or None (validation data).
+
+    Returns:
+        The dataset with labels float32 (batch, num_classes), rows summing to 1.
+    """
+    def transform(images, labels):
+        one_hot = tf.one_hot(labels, num_classes, dtype=tf.float32)  # (batch, num_classes)
+        if mixer is None:
+            return images, one_hot
+        return mixer(images, one_hot)
+
+    return dataset.map(transform, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
+def class_weights(labels, num_classes, mode="balanced"):
+    """Loss weight per class from the training labels, for ``fit(class_weight=...)``.
+
+    Args:
+        labels: the training split's integer labels.
+        num_classes: number of classes.
+        mode: "balanced" for ``n / (num_classes * n_class)``; "none" for no weighting.
+
+    Returns:
+        {class index: weight} (weights average 1 over the training examples), or None
+        for mode "none".
+
+    Raises:
+        UserError: unknown mode, or a class without training examples.
+    """
+    if mode not in CLASS_WEIGHT_MODES:
+        raise UserError(f"unknown train.class_weight {mode!r}. Valid modes: {', '.join(CLASS_WEIGHT_MODES)}")
+    if mode == "none":
+        return None
+    counts = class_counts(labels, num_classes)
+    if not counts.all():
+        missing = [str(index) for index in np.flatnonzero(counts == 0)[:5]]
+        raise UserError(f"class_weight=balanced needs training images of every class; class(es) "
+                        f"{', '.join(missing)} have none")
+    weights = counts.sum() / (num_classes * counts)
+    return {index: float(weight) for index, weight in enumerate(weights)}
+
+
+def make_fit_data(config, views, class_names, cache_dir, final_size):
+    """The training and validation datasets ``fit`` gets, for one phase's config.
+
+    Args:
+        config: the phase's Config (its data.image_size may be a progressive stage's).
+        views: split name -> split folder (``pipeline.materialize_split``).
+        class_names: class folder names in label order.
+        cache_dir: folder for ``data.cache=disk`` files.
+        final_size: the run's data.image_size; other sizes get their own cache files.
+
+    Returns:
+        (training data, validation data or None): batched (images, labels), labels
+        int32 (batch,) or, under :func:`uses_class_probabilities`, float32
+        (batch, classes); training batches augmented, then mixed.
+    """
+    size, batch_size, seed = config.data.image_size, config.data.batch_size, config.train.seed
+    suffix = "" if size == final_size else f"_{size}px"
+    augmenter = build_augmenter(config.augment, size, seed=seed)
+    if config.data.balanced_sampling:
+        train_data = make_balanced_dataset(views["train"], class_names, size, batch_size, augmenter=augmenter,
+                                           seed=seed, load_size=load_size(config.augment, size))
+    else:
+        train_data = make_dataset(views["train"], class_names, size, batch_size, training=True,
+                                  augmenter=augmenter, cache=config.data.cache,
+                                  cache_path=pathlib.Path(cache_dir) / f"train{suffix}", seed=seed,
+                                  load_size=load_size(config.augment, size))
+    val_data = (make_dataset(views["val"], class_names, size, batch_size, cache=config.data.cache,
+                             cache_path=pathlib.Path(cache_dir) / f"val{suffix}") if "val" in views else None)
+    if uses_class_probabilities(config):
+        num_classes = len(class_names)
+        train_data = with_class_probabilities(train_data, num_classes,
+                                              build_batch_mixer(config.augment, num_classes, seed=seed))
+        if val_data is not None:
+            val_data = with_class_probabilities(val_data, num_classes)
+    return train_data, val_data
