@@ -1,19 +1,28 @@
-"""Explain a trained classifier's decision on images.
+"""Explain a trained classifier's decisions.
 
-    python explain.py --image photo.jpg --model saved_models/mycnn.keras \\
+    python explain.py --image photo.jpg [more.jpg ...] (--run runs/NAME | --model FILE.keras)
         [--class NAME|INDEX] [--method gradcam] [--layer NAME] [--output-dir DIR]
+    python explain.py --run runs/NAME --sample 5x2 [--seed 0]   # grid PNG + HTML page
+    python explain.py --run runs/NAME --misclassified 8          # true vs predicted class
+    python explain.py --run runs/NAME --method patches --class NAME   # over the test split
+    python explain.py --run runs/NAME --evaluate [--max-images 200]   # explain_metrics.json
 
-Class names come from ``class_names.json`` beside the model file, if present. Without
-``--class``, each image's predicted class is explained. ``--method patches`` scans all
-given images for the strongest responses of a class (``--class``) or of a channel
-(``--layer`` and ``--channel``).
+With --run, the model is the run's best.keras, the class names its class_names.json,
+and figures go to the run's explain/ folder; with --model, class names come from a
+class_names.json beside the file, and figures go to explanations/. Without --class,
+each image's predicted class is explained.
 """
 
 import argparse
+import os
+import re
 import sys
+from pathlib import Path
 
-from keras_caltech.errors import UserError
-from keras_caltech.explain.report import METHODS, explain_images, load_model, resolve_class
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's C++ start-up chatter
+
+from keras_caltech.errors import UserError  # noqa: E402
+from keras_caltech.explain import gallery, metrics, report, runs  # noqa: E402
 
 
 class _Parser(argparse.ArgumentParser):
@@ -23,33 +32,104 @@ class _Parser(argparse.ArgumentParser):
         raise UserError(message)
 
 
+def grid_shape(text):
+    """Parses ``--sample AxB`` (A classes x B images) into (A, B)."""
+    match = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", text)
+    if not match or min(int(match[1]), int(match[2])) < 1:
+        raise argparse.ArgumentTypeError(
+            f"expected CLASSESxIMAGES with both >= 1, e.g. 5x2. Received: {text!r}")
+    return int(match[1]), int(match[2])
+
+
 def parse_args(argv):
     parser = _Parser(description=__doc__.split("\n")[0])
-    parser.add_argument("--image", nargs="+", required=True, help="image file(s), RGB or grey")
-    parser.add_argument("--model", required=True, help="a .keras model saved by train.py")
+    source = parser.add_argument_group("model (one of)")
+    source.add_argument("--run", help="a run folder written by train.py (uses its best.keras)")
+    source.add_argument("--model", help="a .keras model file")
+    action = parser.add_argument_group("what to explain (one of)")
+    action.add_argument("--image", nargs="+", help="image file(s), RGB or grey")
+    action.add_argument("--sample", type=grid_shape, metavar="AxB",
+                        help="with --run: A random classes x B random test images, one grid + HTML")
+    action.add_argument("--misclassified", type=int, metavar="N",
+                        help="with --run: the N most confident test mistakes, true vs predicted class")
+    action.add_argument("--evaluate", action="store_true",
+                        help="with --run: score the explanations, write explain_metrics.json")
     parser.add_argument("--class", dest="class_", help="class to explain: a name or an index "
                                                         "(default: the predicted class)")
-    parser.add_argument("--method", default="gradcam", choices=METHODS)
+    parser.add_argument("--method", default="gradcam", choices=report.METHODS)
     parser.add_argument("--layer", help="4-D layer to explain; nested: backbone/layer "
                                         "(default: the model's declared Grad-CAM layer)")
     parser.add_argument("--channel", type=int, help="with --method patches: a channel of --layer")
-    parser.add_argument("--output-dir", default="explanations", help="folder for the figures")
+    parser.add_argument("--output-dir", help="folder for the figures (default: the run's explain/ "
+                                             "with --run, else explanations/)")
+    parser.add_argument("--seed", type=int, default=0, help="picks --sample and --evaluate images")
+    parser.add_argument("--max-images", type=int, default=200, help="--evaluate: test images scored")
     return parser.parse_args(argv)
+
+
+def check_args(args):
+    """Refuses combinations that cannot work, before anything heavy is loaded."""
+    if (args.run is None) == (args.model is None):
+        raise UserError("give exactly one model: --run runs/NAME (a train.py run folder) or "
+                        "--model FILE.keras" + (". Received both" if args.run else ""))
+    actions = [flag for flag, given in (("--image", args.image is not None),
+                                        ("--sample", args.sample is not None),
+                                        ("--misclassified", args.misclassified is not None),
+                                        ("--evaluate", args.evaluate)) if given]
+    if len(actions) > 1:
+        raise UserError(f"give one of --image, --sample, --misclassified, --evaluate. "
+                        f"Received: {', '.join(actions)}")
+    if args.model is not None and actions and actions[0] != "--image":
+        raise UserError(f"{actions[0]} reads a run's test split: pass --run runs/NAME instead of --model")
+    if not actions and not (args.run and args.method == "patches"):
+        raise UserError("nothing to explain: give --image FILE, or with --run one of --sample AxB, "
+                        "--misclassified N, --evaluate, --method patches")
+    if args.misclassified is not None and args.misclassified < 1:
+        raise UserError(f"--misclassified takes a number of images >= 1. Received: {args.misclassified}")
+    if args.max_images < 1:
+        raise UserError(f"--max-images must be at least 1. Received: {args.max_images}")
+    if args.class_ is not None and (args.misclassified is not None or args.evaluate):
+        raise UserError(f"{actions[0]} chooses the classes it explains: drop --class")
+
+
+def explain(args):
+    """Does what the arguments ask; returns (written files, note lines)."""
+    run = runs.open_explained_run(args.run) if args.run else None
+    model, class_names = (run.model, run.class_names) if run else runs.load_model_file(args.model)
+    output_dir = Path(args.output_dir or (Path(args.run) / "explain" if run else "explanations"))
+    class_index = report.resolve_class(args.class_, class_names, model.outputs[0].shape[-1])
+    if args.image:
+        return report.explain_images(model, args.image, args.method, class_index, args.layer,
+                                     args.channel, class_names, output_dir), []
+    if args.sample:
+        return gallery.sample_gallery(run, *args.sample, args.method, args.layer, class_index,
+                                      args.seed, output_dir)
+    if args.misclassified is not None:
+        return gallery.misclassified_gallery(run, args.misclassified, args.method, args.layer,
+                                             output_dir)
+    if args.evaluate:
+        scores = metrics.evaluate_run(run, args.method, args.layer, args.max_images, args.seed,
+                                      log=lambda line: print(line, file=sys.stderr))
+        path = metrics.write_metrics(run, scores)
+        return [report.Written(path, "explanation scores")], [metrics.format_table(scores)]
+    return [gallery.split_patches(run, class_index, args.layer, args.channel, output_dir)], []
 
 
 def main(argv=None):
     """Runs the command line; returns the exit code (2 for a user error)."""
     try:
         args = parse_args(argv)
-        model, class_names = load_model(args.model)
-        class_index = resolve_class(args.class_, class_names, model.outputs[0].shape[-1])
-        written = explain_images(model, args.image, args.method, class_index, args.layer,
-                                 args.channel, class_names, args.output_dir)
+        check_args(args)
+        written, notes = explain(args)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    for figure in written:
-        print(f"{figure.path}: {figure.summary}")
+    for note in notes:
+        print(note)
+    for item in written:
+        print(f"{item.path}: {item.summary}")
+        for line in item.details:
+            print(f"  {line}")
     return 0
 
 

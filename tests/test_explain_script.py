@@ -29,12 +29,13 @@ def saved(tmp_path_factory):
     return model_path, [str(colour), str(grey)]
 
 
-def test_read_image_gives_rgb_0_255_at_the_model_size(saved):
+def test_read_image_gives_rgb_0_255_at_the_model_size_and_the_original(saved):
     _, images = saved
-    for path in images:
-        image = read_image(path, (32, 32))
-        assert image.shape == (32, 32, 3) and image.dtype == np.float32
-        assert 0 <= image.min() and image.max() <= 255
+    for path, original_shape in zip(images, [(40, 48, 3), (20, 20, 3)]):
+        image = read_image(path, 32)
+        assert image.pixels.shape == (32, 32, 3) and image.pixels.dtype == np.float32
+        assert 0 <= image.pixels.min() and image.pixels.max() <= 255
+        assert image.original.shape == original_shape and image.original.dtype == np.uint8
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -49,9 +50,11 @@ def test_every_method_writes_figures(saved, tmp_path, capsys, method):
     assert len(figures) == (1 if method == "patches" else 2)
     assert all(path.read_bytes()[:4] == b"\x89PNG" for path in figures)
     output = capsys.readouterr().out
-    assert output.count("\n") == len(figures)
-    if method not in ("patches", "feature-maps"):
-        assert "explained dog" in output
+    if method in ("patches", "feature-maps"):
+        assert output.count("\n") == len(figures)
+    else:  # a line per figure, and the top classes under it
+        assert output.count("\n") == 2 * len(figures)
+        assert "explained dog" in output and output.count("  top-3: ") == 2
 
 
 def test_an_unknown_class_name_is_one_error_line_with_close_names(saved, tmp_path, capsys):

@@ -34,6 +34,18 @@ CACHE_MODES = ("none", "memory", "disk")
 CACHED_SHUFFLE_BUFFER = 4096
 
 
+def decode(encoded):
+    """Decodes image bytes as the pipeline does, before any resizing.
+
+    Args:
+        encoded: scalar string tensor: JPEG, PNG, GIF (first frame) or BMP bytes.
+
+    Returns:
+        uint8 tensor (height, width, 3), RGB; grey and RGBA become RGB.
+    """
+    return tf.io.decode_image(encoded, channels=3, expand_animations=False)
+
+
 def decode_and_resize(encoded, image_size):
     """Decodes image bytes and resizes them the way the training pipeline does.
 
@@ -44,7 +56,7 @@ def decode_and_resize(encoded, image_size):
     Returns:
         float32 tensor (image_size, image_size, 3), RGB, values 0-255.
     """
-    image = tf.io.decode_image(encoded, channels=3, expand_animations=False)  # (h, w, 3) uint8
+    image = decode(encoded)  # (h, w, 3) uint8
     return tf.image.resize(image, (image_size, image_size), method="bilinear")
 
 

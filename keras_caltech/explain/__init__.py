@@ -12,7 +12,9 @@ Modules: ``layers`` (finding layers, tapping activations), ``receptive_field``,
 ``gradcam`` (Grad-CAM, Grad-CAM++, Score-CAM), ``guided`` (gradients, guided
 backpropagation, guided Grad-CAM), ``views`` (feature maps, top patches), ``figures``,
 ``scoring`` (pointing game, energy, deletion/insertion) and ``sanity`` (parameter
-randomisation).
+randomisation). What ``explain.py`` calls: ``report`` (image files to figures),
+``runs`` (a run folder's model, class names and test split), ``gallery`` (a run's
+sample, mistakes and top patches) and ``metrics`` (``--evaluate``).
 """
 
 from keras_caltech.explain.figures import (explanation_figure, feature_map_figure,

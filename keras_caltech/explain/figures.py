@@ -91,11 +91,11 @@ def _grid_figure(rows, columns, cell):
     return figure, panels
 
 
-def _show(axes, picture, label=None):
+def _show(axes, picture, label=None, fontsize=9):
     axes.imshow(picture)
     axes.set_axis_off()
     if label:
-        axes.set_title(label, fontsize=9)
+        axes.set_title(label, fontsize=fontsize)
 
 
 def explanation_figure(image, heatmap, title, empty=False):
@@ -186,6 +186,34 @@ def patches_figure(patches, title):
     for patch, axes in zip(patches, panels):
         _show(axes, _as_uint8(patch.pixels), f"#{patch.image_index}: {patch.score:.3g}")
     figure.suptitle(title, fontsize=9)
+    return figure
+
+
+def image_grid(rows, title, cell=1.8):
+    """Rows of labelled pictures in one figure: the galleries of a run's explanations.
+
+    Args:
+        rows: a list of rows, each a list of (picture, label): picture (h, w, 3) RGB
+            0-255 (uint8 or float), label a short text of up to two lines.
+        title: above the grid.
+        cell: inches per panel side.
+
+    Returns:
+        a matplotlib Figure; rows shorter than the longest leave blank panels.
+    """
+    columns = max(len(row) for row in rows)
+    label_space = 0.45  # inches above each panel for a two-line label
+    height = len(rows) * (cell + label_space) + 0.5
+    figure = _new_figure(cell * columns, height, layout=None)
+    figure.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=1 - 0.5 / height, wspace=0.05,
+                           hspace=label_space / cell)
+    panels = figure.subplots(len(rows), columns, squeeze=False)
+    for row, row_panels in zip(rows, panels):
+        for axes in row_panels:
+            axes.set_axis_off()
+        for (picture, label), axes in zip(row, row_panels):
+            _show(axes, _as_uint8(picture), label, fontsize=7)
+    figure.suptitle(title, fontsize=10)
     return figure
 
 

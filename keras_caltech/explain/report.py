@@ -1,86 +1,96 @@
-"""From files on disk to explanation figures: what ``explain.py`` calls.
+"""From files on disk to explanation figures: what ``explain.py --image`` calls.
 
 A saved model (``.keras``) and images in, PNG figures out, one short line per figure.
+Images reach the model exactly as in training (``data.pipeline.decode_and_resize``);
+figures show the decoded original, un-normalized and at its own size, with the
+heatmap stretched back onto it.
 """
 
 import dataclasses
 import difflib
-import json
 from pathlib import Path
 
-import keras
 import numpy as np
 import tensorflow as tf
 
-import keras_caltech.models  # noqa: F401  (registers the custom layers a .keras file names)
+from keras_caltech.data.pipeline import decode, decode_and_resize
 from keras_caltech.errors import UserError
 from keras_caltech.explain.figures import (explanation_figure, feature_map_figure,
                                            gradient_figure, patches_figure, prediction_title,
                                            save_figure)
 from keras_caltech.explain.gradcam import GradCam, GradCamPlusPlus, ScoreCam
 from keras_caltech.explain.guided import GuidedBackprop, GuidedGradCam
-from keras_caltech.explain.layers import image_shape
+from keras_caltech.explain.runs import model_image_size
 from keras_caltech.explain.views import feature_maps, top_activating_patches
 
 CAM_METHODS = {"gradcam": GradCam, "gradcam++": GradCamPlusPlus, "scorecam": ScoreCam}
 METHODS = (*CAM_METHODS, "guided-backprop", "guided-gradcam", "feature-maps", "patches")
+TOP_K = 5  # classes printed per image
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageFile:
+    """One image file, read twice over: as the model takes it and as it looks.
+
+    Attributes:
+        path: the file.
+        pixels: (size, size, 3) float32 RGB 0-255, resized as in training.
+        original: (height, width, 3) uint8 RGB, the decoded file, for figures.
+    """
+
+    path: Path
+    pixels: np.ndarray
+    original: np.ndarray
 
 
 def read_image(path, image_size):
-    """Reads an image file as the model takes it.
-
-    To be replaced by the data pipeline's shared function, so that training and
-    explanation resize identically.
+    """Reads an image file with the training pipeline's decoder.
 
     Args:
         path: a JPEG, PNG, GIF (first frame) or BMP file.
-        image_size: (height, width) of the model's input.
+        image_size: side of the model's square input.
 
     Returns:
-        (height, width, 3) float32 RGB 0-255.
+        An :class:`ImageFile`.
+
+    Raises:
+        UserError: the path is missing, a folder, empty, or not a decodable image.
     """
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"--image {path} is a folder: pass image files, e.g. {path / '*.jpg'}")
     if not path.is_file():
         raise UserError(f"image file not found: {path}")
+    if path.stat().st_size == 0:
+        raise UserError(f"image file {path} is empty (0 bytes)")
+    encoded = tf.io.read_file(str(path))
     try:
-        image = tf.io.decode_image(tf.io.read_file(str(path)), channels=3, expand_animations=False)
+        pixels = decode_and_resize(encoded, image_size).numpy()
+        original = decode(encoded).numpy()
     except tf.errors.InvalidArgumentError:
         raise UserError(f"cannot decode {path} as an image (JPEG, PNG, GIF or BMP)") from None
-    return tf.image.resize(tf.cast(image, tf.float32), image_size, method="bilinear").numpy()
+    return ImageFile(path=path, pixels=pixels, original=original)
 
 
-def load_model(path):
-    """Loads a ``.keras`` model and the ``class_names.json`` beside it, if any.
-
-    Returns:
-        (model, class names as a list or None).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"model file not found: {path}")
-    if path.suffix != ".keras":
-        raise UserError(f"expected a .keras model file. Received: {path}")
-    try:
-        model = keras.models.load_model(path)
-    except (ValueError, TypeError, OSError) as error:
-        raise UserError(f"cannot load model {path}: {error}") from None
-    names_path = path.with_name("class_names.json")
-    if not names_path.is_file():
-        return model, None
-    try:
-        class_names = json.loads(names_path.read_text())
-    except ValueError as error:
-        raise UserError(f"{names_path} is not valid JSON: {error}") from None
-    num_classes = model.outputs[0].shape[-1]
-    if not isinstance(class_names, list) or len(class_names) != num_classes:
-        raise UserError(f"{names_path} must hold a list of {num_classes} class names, one per "
-                        f"model output. Received {type(class_names).__name__} of length "
-                        f"{len(class_names) if isinstance(class_names, list) else '-'}")
-    return model, [str(name) for name in class_names]
+def _bare_name(folder_name):
+    """``ak47`` for the Caltech folder name ``001.ak47``; other names unchanged."""
+    number, dot, rest = folder_name.partition(".")
+    return rest if dot and number.isdigit() else folder_name
 
 
 def resolve_class(value, class_names, num_classes):
-    """Turns ``--class`` (a name or an index) into a class index; None stays None."""
+    """Turns ``--class`` into a class index; None stays None.
+
+    Args:
+        value: an index, a class name, or a Caltech name without its number
+            (``ak47`` for ``001.ak47``).
+        class_names: the names in label order, or None.
+        num_classes: the model's number of logits.
+
+    Raises:
+        UserError: an index out of range, or an unknown name (the closest names are
+            suggested).
+    """
     if value is None:
         return None
     if value.lstrip("-").isdigit():
@@ -94,17 +104,37 @@ def resolve_class(value, class_names, num_classes):
                         f"the model: give an index from 0 to {num_classes - 1}")
     if value in class_names:
         return class_names.index(value)
-    close = difflib.get_close_matches(value, class_names, n=3)
+    bare = [_bare_name(name) for name in class_names]
+    if bare.count(value) == 1:
+        return bare.index(value)
+    # Close to a full name or to a bare one; suggested by their full names.
+    candidates = {**{name: name for name in class_names},
+                  **{short: name for short, name in zip(bare, class_names)}}
+    close = dict.fromkeys(candidates[match] for match in
+                          difflib.get_close_matches(value, list(candidates), n=3))
     hint = f" Did you mean {', '.join(close)}?" if close else ""
     raise UserError(f"unknown class {value!r}.{hint} See class_names.json for the valid names.")
 
 
 @dataclasses.dataclass(frozen=True)
 class Written:
-    """One figure written: where, and a one-line description."""
+    """One file written: where, a one-line description, and optional detail lines."""
 
     path: Path
     summary: str
+    details: tuple = ()
+
+
+def class_name(index, class_names):
+    """The name of class ``index``, or ``class N`` without names."""
+    return class_names[index] if class_names else f"class {index}"
+
+
+def top_classes(probabilities, class_names, k=TOP_K):
+    """``name 87.0%, name 9.1%, ...`` for the k most probable classes."""
+    order = np.argsort(-probabilities, kind="stable")[:k]
+    return ", ".join(f"{class_name(int(index), class_names)} {probabilities[index]:.1%}"
+                     for index in order)
 
 
 def explain_images(model, image_paths, method="gradcam", class_index=None, layer_name=None,
@@ -126,55 +156,57 @@ def explain_images(model, image_paths, method="gradcam", class_index=None, layer
     """
     if method not in METHODS:
         raise UserError(f"unknown method {method!r}. Valid methods: {', '.join(METHODS)}")
-    size = image_shape(model)[:2]
-    if None in size:
-        raise UserError(f"model {model.name!r} takes images of any size; explain.py needs a "
-                        f"fixed input size")
-    images = np.stack([read_image(path, size) for path in image_paths])  # (n, h, w, 3)
-    stems = [Path(path).stem for path in image_paths]
+    size = model_image_size(model)
+    files = [read_image(path, size) for path in image_paths]
     output_dir = Path(output_dir)
     if method == "patches":
-        return [_patches(model, images, class_index, layer_name, channel, class_names, output_dir)]
+        images = np.stack([file.pixels for file in files])  # (n, size, size, 3)
+        return [write_patches(model, images, len(files), class_index, layer_name, channel,
+                              class_names, output_dir)]
     if method == "feature-maps":
-        return _feature_maps(model, images, stems, layer_name, output_dir)
-    return _per_image(model, images, stems, method, class_index, layer_name, class_names, output_dir)
+        return _feature_maps(model, files, layer_name, output_dir)
+    return _per_image(model, files, method, class_index, layer_name, class_names, output_dir)
 
 
-def _class_name(index, class_names):
-    return class_names[index] if class_names else f"class {index}"
+def write_patches(model, batches, num_images, class_index, layer_name, channel, class_names,
+                  output_dir):
+    """One grid of the strongest patches of a channel, or of whole images for a class.
 
-
-def _patches(model, images, class_index, layer_name, channel, class_names, output_dir):
-    """One grid of the strongest patches of a channel, or of whole images for a class."""
+    Args:
+        batches: (n, size, size, 3) images, or an iterable of (images, labels) batches
+            such as a run's test split.
+        num_images: how many images ``batches`` holds, for the summary line.
+    """
     if channel is not None:
         unit = f"channel {channel} of {layer_name or 'the default layer'}"
         file_name = f"patches_channel{channel}.png"
         class_index = None
     elif class_index is not None:
-        unit, file_name = _class_name(class_index, class_names), f"patches_class{class_index}.png"
+        unit, file_name = class_name(class_index, class_names), f"patches_class{class_index}.png"
     else:
         raise UserError("--method patches needs a unit: --class NAME|INDEX, or --layer and --channel")
-    patches = top_activating_patches(model, images, layer_name=layer_name, channel=channel,
+    patches = top_activating_patches(model, batches, layer_name=layer_name, channel=channel,
                                      class_index=class_index, top_k=9,
-                                     one_per_image=len(images) > 1)
+                                     one_per_image=num_images > 1)
     path = save_figure(patches_figure(patches, f"top patches: {unit}"), output_dir / file_name)
-    return Written(path, f"{len(patches)} patches for {unit} from {len(images)} image(s)")
+    return Written(path, f"{len(patches)} patches for {unit} from {num_images} image(s)")
 
 
-def _feature_maps(model, images, stems, layer_name, output_dir):
+def _feature_maps(model, files, layer_name, output_dir):
     """One grid per convolution layer (or the asked layer) per image."""
     written = []
-    for stem, image in zip(stems, images):
-        maps = feature_maps(model, image, None if layer_name is None else [layer_name])
+    for file in files:
+        maps = feature_maps(model, file.pixels, None if layer_name is None else [layer_name])
         for layer, activations in maps.items():
-            file_name = f"{stem}_feature-maps_{layer.replace('/', '__')}.png"
-            path = save_figure(feature_map_figure(activations, layer), output_dir / file_name)
-            written.append(Written(path, f"{stem}: {layer} {activations.shape}"))
+            name = f"{file.path.stem}_feature-maps_{layer.replace('/', '__')}.png"
+            path = save_figure(feature_map_figure(activations, layer), output_dir / name)
+            written.append(Written(path, f"{file.path.stem}: {layer} {activations.shape}"))
     return written
 
 
-def _per_image(model, images, stems, method, class_index, layer_name, class_names, output_dir):
-    """A CAM (image | heatmap | overlay) or gradient figure per image."""
+def _per_image(model, files, method, class_index, layer_name, class_names, output_dir):
+    """A CAM (image | heatmap | overlay) or gradient figure per image, on the original image."""
+    images = np.stack([file.pixels for file in files])  # (n, size, size, 3)
     heatmaps = gradients = None
     if method in CAM_METHODS:
         explainer = CAM_METHODS[method](model, layer_name)
@@ -191,17 +223,23 @@ def _per_image(model, images, stems, method, class_index, layer_name, class_name
         gradients = GuidedBackprop(model)(images, classes)
         method_name, empty = "guided backpropagation", np.zeros(len(images), bool)
     written = []
-    for item, (stem, image) in enumerate(zip(stems, images)):
+    for item, file in enumerate(files):
         explained = int(classes[item])
         title = prediction_title(probabilities[item], explained, class_names, method_name)
         if heatmaps is not None:
-            figure = explanation_figure(image, heatmaps[item], title, bool(empty[item]))
+            figure = explanation_figure(file.original, heatmaps[item], title, bool(empty[item]))
         else:
-            figure = gradient_figure(image, gradients[item], title)
-        path = save_figure(figure, output_dir / f"{stem}_{method}.png")
+            # The gradient is per model-input pixel: stretched back to the original's shape.
+            height, width = file.original.shape[:2]
+            stretched = tf.image.resize(gradients[item], (height, width), method="bilinear").numpy()
+            figure = gradient_figure(file.original, stretched, title)
+        path = save_figure(figure, output_dir / f"{file.path.stem}_{method}.png")
         note = " (empty map: the image argues against this class)" if empty[item] else ""
         predicted = int(np.argmax(probabilities[item]))
-        written.append(Written(path, f"{stem}: predicted {_class_name(predicted, class_names)} "
-                                     f"({probabilities[item][predicted]:.1%}), explained "
-                                     f"{_class_name(explained, class_names)}{note}"))
+        written.append(Written(
+            path, f"{file.path.stem}: predicted {class_name(predicted, class_names)} "
+                  f"({probabilities[item][predicted]:.1%}), explained "
+                  f"{class_name(explained, class_names)}{note}",
+            (f"top-{min(TOP_K, len(probabilities[item]))}: "
+             f"{top_classes(probabilities[item], class_names)}",)))
     return written

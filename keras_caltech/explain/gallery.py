@@ -1,0 +1,217 @@
+"""Galleries of a run's explanations on its test split.
+
+- ``--sample AxB``: A random classes x B random images of each (seeded), one grid PNG
+  and one self-contained HTML page (images inlined) of the same explanations.
+- ``--misclassified N``: the N most confident mistakes, each with the heatmap of its
+  true class beside the heatmap of the class the model predicted.
+- ``--method patches``: the test images where one unit responds most.
+
+Images are read through the training pipeline at the model's input size and explained
+32 at a time by one explainer (one gradient tape per batch).
+"""
+
+import base64
+import html
+
+import cv2
+import numpy as np
+
+from keras_caltech.errors import UserError
+from keras_caltech.explain.figures import colorize, image_grid, overlay, save_figure
+from keras_caltech.explain.report import (CAM_METHODS, Written, class_name, top_classes,
+                                          write_patches)
+from keras_caltech.explain.runs import load_split_images, predict_split, split_dataset
+
+HTML_IMAGE_SIDE = 192  # pixels: small inputs (32-64 px) are upscaled for the page
+
+
+def cam_explainer(model, method, layer_name):
+    """A Grad-CAM family explainer; other methods draw no heatmap to overlay.
+
+    Raises:
+        UserError: ``method`` is not a CAM method.
+    """
+    if method not in CAM_METHODS:
+        raise UserError(f"galleries and --evaluate overlay heatmaps: --method must be one of "
+                        f"{', '.join(CAM_METHODS)}. Received: {method!r}")
+    return CAM_METHODS[method](model, layer_name)
+
+
+def _test_labels(run):
+    labels = np.array([label for _, label in run.folder.splits["test"]], int)
+    if not len(labels):
+        raise UserError(f"the test split of run {run.folder.path} holds no images")
+    return labels
+
+
+def choose_sample(labels, num_classes, per_class, seed=0):
+    """Picks random classes, then random images of each, without repeats.
+
+    Args:
+        labels: (n,) int, the label of each test image.
+        num_classes: classes wanted; fewer if fewer classes have test images.
+        per_class: images wanted per class; fewer if a class has fewer.
+        seed: the same seed picks the same images.
+
+    Returns:
+        A list of (class index, sorted positions in ``labels``), classes in label order.
+    """
+    rng = np.random.default_rng(seed)
+    present = np.unique(labels)
+    classes = np.sort(rng.choice(present, size=min(num_classes, len(present)), replace=False))
+    groups = []
+    for label in classes:
+        members = np.flatnonzero(labels == label)
+        picks = rng.choice(members, size=min(per_class, len(members)), replace=False)
+        groups.append((int(label), sorted(int(pick) for pick in picks)))
+    return groups
+
+
+def sample_gallery(run, num_classes, per_class, method="gradcam", layer_name=None,
+                   class_index=None, seed=0, output_dir=None):
+    """Explains a seeded sample of the test split; writes a grid PNG and an HTML page.
+
+    Args:
+        run: an ``ExplainedRun``.
+        num_classes, per_class: the A and B of ``--sample AxB``.
+        method: a CAM method (see ``report.CAM_METHODS``).
+        layer_name: the 4-D layer; None: the model's declared Grad-CAM layer.
+        class_index: the class to explain in every image; None: each one's prediction.
+        seed: picks the classes and images.
+        output_dir: folder for the files (default: the run's ``explain/``).
+
+    Returns:
+        (list of :class:`Written`, notes: lines about what could not be met).
+    """
+    output_dir = run.folder.path / "explain" if output_dir is None else output_dir
+    explainer = cam_explainer(run.model, method, layer_name)
+    labels = _test_labels(run)
+    groups = choose_sample(labels, num_classes, per_class, seed)
+    indices = [index for _, picks in groups for index in picks]
+    images, _ = load_split_images(run, "test", indices)  # (n, size, size, 3) 0-255
+    result = explainer(images, class_index)
+    relatives = [run.folder.splits["test"][index][0] for index in indices]
+    names = run.class_names
+
+    notes = []
+    if len(groups) < num_classes:
+        notes.append(f"the test split has {len(groups)} classes: showing {len(groups)}, not {num_classes}")
+    short = [class_name(label, names) for label, picks in groups if len(picks) < per_class]
+    if short:
+        notes.append(f"fewer than {per_class} test images in {', '.join(short)}: showing all of them")
+
+    rows, cards, item = [], [], 0
+    for label, picks in groups:
+        row = []
+        for _ in picks:
+            probabilities = result.probabilities[item]
+            predicted, explained = int(probabilities.argmax()), int(result.class_indices[item])
+            heat_label = f"predicted {class_name(predicted, names)} {probabilities[predicted]:.0%}"
+            if explained != predicted:
+                heat_label += f"\n{explainer.method} for {class_name(explained, names)}"
+            elif result.empty[item]:
+                heat_label += "\nempty map"
+            image_label = f"{relatives[item].rsplit('/', 1)[-1]}\ntrue {class_name(label, names)}"
+            row += [(images[item], image_label),
+                    (overlay(images[item], result.heatmaps[item]), heat_label)]
+            cards.append(_card(images[item], result.heatmaps[item], [
+                relatives[item], f"true: {class_name(label, names)}",
+                heat_label.replace("\n", "; "), f"top-5: {top_classes(probabilities, names)}"]))
+            item += 1
+        rows.append(row)
+
+    stem = f"{method}_sample_{num_classes}x{per_class}"
+    title = (f"{explainer.method} at {explainer.layer_name}, {run.folder.path.name}: "
+             f"{len(indices)} test images (seed {seed})")
+    grid_path = save_figure(image_grid(rows, title), output_dir / f"{stem}.png")
+    page_path = output_dir / f"{stem}.html"
+    page_path.write_text(_html_page(title, cards))
+    correct = int(sum(result.probabilities[position].argmax() == labels[index]
+                      for position, index in enumerate(indices)))
+    summary = f"{len(groups)} classes x up to {per_class} images, {correct}/{len(indices)} predicted right"
+    return [Written(grid_path, f"grid: {summary}"), Written(page_path, "page of the same, images inlined")], notes
+
+
+def misclassified_gallery(run, count, method="gradcam", layer_name=None, output_dir=None):
+    """Draws the ``count`` most confident mistakes on the test split.
+
+    Each row: the image, the heatmap of its true class, the heatmap of the predicted
+    class. Most confident first (highest probability of the wrong class).
+
+    Returns:
+        (list of :class:`Written`, notes): notes say how many mistakes there were, and
+        when there were fewer than ``count`` (nothing is written when there are none).
+    """
+    if count < 1:
+        raise UserError(f"--misclassified takes a number of images >= 1. Received: {count}")
+    output_dir = run.folder.path / "explain" if output_dir is None else output_dir
+    explainer = cam_explainer(run.model, method, layer_name)
+    probabilities, labels = predict_split(run, "test")
+    predicted = probabilities.argmax(axis=1)
+    wrong = np.flatnonzero(predicted != labels)
+    notes = [f"{len(wrong)} of {len(labels)} test images are misclassified"]
+    if not len(wrong):
+        notes.append("no mistakes to explain: nothing written")
+        return [], notes
+    if len(wrong) < count:
+        notes.append(f"only {len(wrong)} mistakes, fewer than the {count} asked: showing all {len(wrong)}")
+    confidence = probabilities[wrong, predicted[wrong]]
+    chosen = wrong[np.argsort(-confidence, kind="stable")][:count]
+    images, _ = load_split_images(run, "test", chosen)
+    # One batch stream: every image twice, explained for its true then its predicted class.
+    result = explainer(np.concatenate([images, images]),
+                       np.concatenate([labels[chosen], predicted[chosen]]))
+    names, rows = run.class_names, []
+    for item, index in enumerate(chosen):
+        true_label, wrong_label = int(labels[index]), int(predicted[index])
+        true_map, wrong_map = item, item + len(chosen)
+        rows.append([
+            (images[item], run.folder.splits["test"][index][0].rsplit("/", 1)[-1]),
+            (overlay(images[item], result.heatmaps[true_map]),
+             f"true {class_name(true_label, names)} {probabilities[index, true_label]:.0%}"
+             + ("\nempty map" if result.empty[true_map] else "")),
+            (overlay(images[item], result.heatmaps[wrong_map]),
+             f"predicted {class_name(wrong_label, names)} {probabilities[index, wrong_label]:.0%}"
+             + ("\nempty map" if result.empty[wrong_map] else "")),
+        ])
+    title = (f"{explainer.method} at {explainer.layer_name}, {run.folder.path.name}: "
+             f"true class | predicted class")
+    path = save_figure(image_grid(rows, title), output_dir / f"{method}_misclassified.png")
+    return [Written(path, f"{len(chosen)} misclassified test images, most confident first")], notes
+
+
+def split_patches(run, class_index=None, layer_name=None, channel=None, output_dir=None):
+    """The test images (or image patches) where a class logit or a channel responds most."""
+    output_dir = run.folder.path / "explain" if output_dir is None else output_dir
+    count = len(_test_labels(run))
+    return write_patches(run.model, split_dataset(run, "test"), count, class_index, layer_name,
+                         channel, run.class_names, output_dir)
+
+
+def _png_data_uri(picture):
+    """A data: URI of an RGB uint8 picture as PNG, for an HTML page with nothing beside it."""
+    ok, encoded = cv2.imencode(".png", cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise RuntimeError("OpenCV could not encode a PNG")
+    return "data:image/png;base64," + base64.b64encode(encoded.tobytes()).decode("ascii")
+
+
+def _card(image, heatmap, lines):
+    """One HTML figure: the image and its overlay, upscaled, with caption lines."""
+    side = max(HTML_IMAGE_SIDE, image.shape[0])
+    large = cv2.resize(np.clip(image, 0, 255).astype(np.uint8), (side, side),
+                       interpolation=cv2.INTER_CUBIC)
+    pictures = [large, colorize(heatmap, (side, side)), overlay(large, heatmap)]
+    images = "".join(f'<img src="{_png_data_uri(picture)}" alt="">' for picture in pictures)
+    caption = "<br>".join(html.escape(line) for line in lines)
+    return f"<figure>{images}<figcaption>{caption}</figcaption></figure>"
+
+
+def _html_page(title, cards):
+    style = ("body{font-family:sans-serif;margin:1.5em}figure{display:inline-block;margin:0 1em 1.5em 0;"
+             "vertical-align:top}img{margin-right:2px}figcaption{font-size:0.8em;max-width:600px}")
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+            f"<title>{html.escape(title)}</title><style>{style}</style></head>\n<body>"
+            f"<h1>{html.escape(title)}</h1>\n<p>Each figure: the test image as the model takes it, "
+            f"the heatmap (JET colours: red is strongest), and the overlay.</p>\n"
+            + "\n".join(cards) + "\n</body></html>\n")

@@ -1,0 +1,179 @@
+"""A trained run as the explainers need it: its model, its class names, and the images
+of a split read through the data pipeline, 32 at a time.
+
+Images are decoded and resized by ``data.pipeline.decode_and_resize``, the function
+training uses, and stay RGB 0-255: the model normalizes them itself.
+"""
+
+import dataclasses
+import json
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from keras_caltech.data.pipeline import decode_and_resize
+from keras_caltech.errors import UserError
+from keras_caltech.explain.layers import image_shape
+from keras_caltech.models.loading import load_model_safely
+from keras_caltech.training.run_folder import BEST_MODEL, RunFolder, open_run
+
+BATCH_SIZE = 32  # images per forward/backward pass on every run-level path
+
+
+@dataclasses.dataclass(frozen=True)
+class ExplainedRun:
+    """A run folder with its best model loaded.
+
+    Attributes:
+        folder: the :class:`RunFolder` (config, splits, dataset root).
+        model: ``best.keras``, images 0-255 in, logits out.
+        class_names: names in label order, one per logit.
+    """
+
+    folder: RunFolder
+    model: keras.Model
+    class_names: list
+
+    @property
+    def image_size(self):
+        """Side of the square images the model takes."""
+        return model_image_size(self.model)
+
+
+def model_image_size(model):
+    """Side of the model's square input.
+
+    Raises:
+        UserError: the input has no fixed size or is not square; the data pipeline
+            resizes every image to a square.
+    """
+    height, width = image_shape(model)[:2]
+    if height is None or width is None or height != width:
+        raise UserError(f"model {model.name!r} takes images of shape {image_shape(model)}; "
+                        f"explain.py needs a fixed square input, as train.py builds")
+    return height
+
+
+def check_class_names(class_names, num_classes, source):
+    """Returns ``class_names`` as strings if it is a list of one name per logit.
+
+    Raises:
+        UserError: anything else; names ``source`` (the file they came from).
+    """
+    if not isinstance(class_names, list) or len(class_names) != num_classes:
+        length = len(class_names) if isinstance(class_names, list) else "-"
+        raise UserError(f"{source} must hold a list of {num_classes} class names, one per "
+                        f"model output. Received {type(class_names).__name__} of length {length}")
+    return [str(name) for name in class_names]
+
+
+def load_model_file(path):
+    """Loads a ``.keras`` model and the ``class_names.json`` beside it, if any.
+
+    Returns:
+        (model, class names as a list or None).
+
+    Raises:
+        UserError: see :func:`load_model_safely`; a damaged ``class_names.json``.
+    """
+    model = load_model_safely(path)
+    names_path = Path(path).with_name("class_names.json")
+    if not names_path.is_file():
+        return model, None
+    try:
+        class_names = json.loads(names_path.read_text())
+    except ValueError as error:
+        raise UserError(f"{names_path} is not valid JSON: {error}") from None
+    return model, check_class_names(class_names, model.outputs[0].shape[-1], names_path)
+
+
+def open_explained_run(path):
+    """Opens a run folder written by ``train.py`` and loads its ``best.keras``.
+
+    Raises:
+        UserError: the folder is missing, holds no ``best.keras``, or misses a file the
+            run needs (config, splits, class names).
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise UserError(f"run folder not found: {path}. Pass a folder made by train.py, "
+                        f"e.g. --run runs/default")
+    if not (path / BEST_MODEL).is_file():
+        raise UserError(f"run folder {path} has no {BEST_MODEL}: training saved no checkpoint "
+                        f"there (still running, or stopped before its first epoch ended)")
+    folder = open_run(path)
+    model = load_model_safely(folder.model_path)
+    class_names = check_class_names(folder.class_names, model.outputs[0].shape[-1],
+                                    path / "class_names.json")
+    run = ExplainedRun(folder=folder, model=model, class_names=class_names)
+    run.image_size  # noqa: B018  (fails now on a model explain.py cannot feed)
+    return run
+
+
+def split_dataset(run, split="test", indices=None, batch_size=BATCH_SIZE):
+    """The images of a split in batches, read by the training pipeline's decoder.
+
+    Args:
+        run: an :class:`ExplainedRun`.
+        split: "train", "val" or "test".
+        indices: positions in the split's file list to read, in this order; None: all.
+        batch_size: images per batch.
+
+    Returns:
+        A tf.data.Dataset of (images float32 (batch, size, size, 3) RGB 0-255,
+        labels int32 (batch,)), in the order of ``indices``.
+
+    Raises:
+        UserError: the split is empty.
+    """
+    paths, labels = run.folder.split_files(split)
+    if not paths:
+        raise UserError(f"the {split} split of run {run.folder.path} holds no images")
+    indices = np.arange(len(paths)) if indices is None else np.asarray(indices, int)
+    size = run.image_size
+    dataset = tf.data.Dataset.from_tensor_slices(
+        ([str(paths[index]) for index in indices], np.asarray(labels, np.int32)[indices]))
+
+    def read(path, label):
+        return decode_and_resize(tf.io.read_file(path), size), label
+
+    dataset = dataset.map(read, num_parallel_calls=tf.data.AUTOTUNE)
+    return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def load_split_images(run, split="test", indices=None):
+    """Like :func:`split_dataset`, but all at once as NumPy arrays (images, labels)."""
+    batches = list(split_dataset(run, split, indices).as_numpy_iterator())
+    return np.concatenate([images for images, _ in batches]), np.concatenate([labels for _, labels in batches])
+
+
+def predict_split(run, split="test"):
+    """Runs the model over a whole split.
+
+    Returns:
+        (probabilities float32 (n, classes), labels int (n,)) in the split's file order.
+    """
+    forward = CompiledForward(run.model)
+    probabilities, labels = [], []
+    for images, batch_labels in split_dataset(run, split):
+        probabilities.append(tf.nn.softmax(forward(images)).numpy())
+        labels.append(batch_labels.numpy())
+    return np.concatenate(probabilities), np.concatenate(labels)
+
+
+class CompiledForward:
+    """The model's inference pass, traced once for every batch size.
+
+    Run-level paths call the model hundreds of times (deletion and insertion curves
+    above all); an eager call costs more than the computation at 32-64 px. Callable as
+    ``forward(images, training=False)``, like the model itself.
+    """
+
+    def __init__(self, model):
+        spec = tf.TensorSpec((None, *image_shape(model)), tf.float32)
+        self._call = tf.function(lambda images: model(images, training=False), input_signature=[spec])
+
+    def __call__(self, images, training=False):
+        return self._call(tf.convert_to_tensor(images, tf.float32))
