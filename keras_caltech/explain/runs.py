@@ -105,11 +105,10 @@ def open_explained_run(path):
                         f"there (still running, or stopped before its first epoch ended)")
     folder = open_run(path)
     model = load_model_safely(folder.model_path)
+    model_image_size(model)  # fails now on a model the pipeline cannot feed
     class_names = check_class_names(folder.class_names, model.outputs[0].shape[-1],
                                     path / "class_names.json")
-    run = ExplainedRun(folder=folder, model=model, class_names=class_names)
-    run.image_size  # noqa: B018  (fails now on a model explain.py cannot feed)
-    return run
+    return ExplainedRun(folder=folder, model=model, class_names=class_names)
 
 
 def split_dataset(run, split="test", indices=None, batch_size=BATCH_SIZE):
