@@ -1,10 +1,9 @@
 """explain.py on a run folder: images, galleries, mistakes, patches, --evaluate, errors.
 
-One tiny run (4 classes, 32 px, 1 epoch, 8 test images) is trained once for the module
-with train.main, exactly as a user would.
+The run is a copy of the session's tiny run A (MyCNN, 4 classes, 32 px, 1 epoch, 8 test
+images, trained by train.main as a user would), since these commands write into it.
 """
 
-import importlib.util
 import json
 import math
 import pathlib
@@ -12,25 +11,19 @@ import re
 
 import numpy as np
 import pytest
+from conftest import copy_run
 
 import explain
-import train
 from keras_caltech.data.pipeline import load_image
 from keras_caltech.explain.gallery import choose_sample
 from keras_caltech.explain.metrics import box_share, mosaic_groups, scale_box
 from keras_caltech.explain.report import read_image
 from keras_caltech.models.loading import load_model_safely
 
-TINY = ["--set", "data.image_size=32", "--set", "data.batch_size=8", "--set", "train.epochs=1",
-        "--set", "data.cache_dir=", "--set", "train.tensorboard=false"]
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-
 
 @pytest.fixture(scope="module")
-def run_dir(tiny_dataset, tmp_path_factory):
-    path = tmp_path_factory.mktemp("explain_run") / "run"
-    assert train.main(["--data", str(tiny_dataset), "--output-dir", str(path), *TINY]) == 0
-    return path
+def run_dir(tiny_runs, tmp_path_factory):
+    return copy_run(tiny_runs[0], tmp_path_factory.mktemp("explain_run") / "run")
 
 
 @pytest.fixture(scope="module")
@@ -254,14 +247,3 @@ def test_user_errors_are_one_line_with_exit_code_2(run_dir, bad_images, capsys, 
     code, out, err = run_explain([fill(part) for part in arguments], capsys)
     assert code == 2 and err.startswith(fill(message)) and err.count("\n") == 1, err
     assert "Traceback" not in err and out == ""
-
-
-# --- Benchmark wiring ----------------------------------------------------------------
-
-def test_the_gradcam_benchmark_prints_a_row_per_model(capsys):
-    spec = importlib.util.spec_from_file_location("benchmark_gradcam", ROOT / "benchmarks" / "gradcam.py")
-    benchmark = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(benchmark)
-    assert benchmark.main(["--size", "32", "--batch", "2", "--repeats", "1"]) == 0
-    rows = capsys.readouterr().out.strip().splitlines()[3:]
-    assert [row.split()[0] for row in rows] == ["mycnn", "resnet50"]
