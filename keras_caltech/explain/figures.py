@@ -203,9 +203,11 @@ def image_grid(rows, title, cell=1.8):
     """
     columns = max(len(row) for row in rows)
     label_space = 0.45  # inches above each panel for a two-line label
-    height = len(rows) * (cell + label_space) + 0.5
+    title_space = 0.4  # inches for the figure title, above the first row's labels
+    height = len(rows) * (cell + label_space) + title_space
     figure = _new_figure(cell * columns, height, layout=None)
-    figure.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=1 - 0.5 / height, wspace=0.05,
+    figure.subplots_adjust(left=0.01, right=0.99, bottom=0.01,
+                           top=1 - (title_space + label_space) / height, wspace=0.05,
                            hspace=label_space / cell)
     panels = figure.subplots(len(rows), columns, squeeze=False)
     for row, row_panels in zip(rows, panels):

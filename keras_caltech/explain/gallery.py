@@ -129,7 +129,9 @@ def sample_gallery(run, num_classes, per_class, method="gradcam", layer_name=Non
     correct = int(sum(result.probabilities[position].argmax() == labels[index]
                       for position, index in enumerate(indices)))
     summary = f"{len(groups)} classes x up to {per_class} images, {correct}/{len(indices)} predicted right"
-    return [Written(grid_path, f"grid: {summary}"), Written(page_path, "page of the same, images inlined")], notes
+    written = [Written(grid_path, f"grid: {summary}"),
+               Written(page_path, "page of the same, images inlined")]
+    return written, notes
 
 
 def misclassified_gallery(run, count, method="gradcam", layer_name=None, output_dir=None):

@@ -145,7 +145,8 @@ def split_dataset(run, split="test", indices=None, batch_size=BATCH_SIZE):
 def load_split_images(run, split="test", indices=None):
     """Like :func:`split_dataset`, but all at once as NumPy arrays (images, labels)."""
     batches = list(split_dataset(run, split, indices).as_numpy_iterator())
-    return np.concatenate([images for images, _ in batches]), np.concatenate([labels for _, labels in batches])
+    return (np.concatenate([images for images, _ in batches]),
+            np.concatenate([labels for _, labels in batches]))
 
 
 def predict_split(run, split="test"):
