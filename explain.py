@@ -21,15 +21,9 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's C++ start-up chatter
 
+from keras_caltech.cli import ArgumentParser, run_command  # noqa: E402
 from keras_caltech.errors import UserError  # noqa: E402
 from keras_caltech.explain import gallery, metrics, report, runs  # noqa: E402
-
-
-class _Parser(argparse.ArgumentParser):
-    """Reports a bad command line as a UserError: one line, exit code 2."""
-
-    def error(self, message):
-        raise UserError(message)
 
 
 def grid_shape(text):
@@ -42,7 +36,7 @@ def grid_shape(text):
 
 
 def parse_args(argv):
-    parser = _Parser(description=__doc__.split("\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n")[0])
     source = parser.add_argument_group("model (one of)")
     source.add_argument("--run", help="a run folder written by train.py (uses its best.keras)")
     source.add_argument("--model", help="a .keras model file")
@@ -115,15 +109,10 @@ def explain(args):
     return [gallery.split_patches(run, class_index, args.layer, args.channel, output_dir)], []
 
 
-def main(argv=None):
-    """Runs the command line; returns the exit code (2 for a user error)."""
-    try:
-        args = parse_args(argv)
-        check_args(args)
-        written, notes = explain(args)
-    except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+def _explain_command(argv):
+    args = parse_args(argv)
+    check_args(args)
+    written, notes = explain(args)
     for note in notes:
         print(note)
     for item in written:
@@ -131,6 +120,11 @@ def main(argv=None):
         for line in item.details:
             print(f"  {line}")
     return 0
+
+
+def main(argv=None):
+    """Runs the command line; returns the exit code (2 for a user error)."""
+    return run_command(_explain_command, argv)
 
 
 if __name__ == "__main__":

@@ -7,30 +7,10 @@ on stderr, no traceback), 130 interrupted.
 import argparse
 import sys
 
+from keras_caltech.cli import ArgumentParser, run_command
 from keras_caltech.errors import UserError
 
 TTA_HELP = "test-time augmentation: none | flip (image + mirror) | 10crop (corners + centre + mirrors)"
-
-
-class _Parser(argparse.ArgumentParser):
-    """An ArgumentParser whose errors are one ``error:`` line (through UserError), not usage text."""
-
-    def error(self, message):
-        raise UserError(message)
-
-
-def _run(command, argv):
-    """Runs ``command(argv)``, turning user errors into one stderr line and exit code 2."""
-    try:
-        return command(argv)
-    except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130
-    except SystemExit as exit_request:  # --help
-        return exit_request.code if isinstance(exit_request.code, int) else 0
 
 
 def _check_batch_size(batch_size):
@@ -52,7 +32,7 @@ def _print_metrics(results):
 
 
 def _evaluate(argv):
-    parser = _Parser(prog="python -m keras_caltech evaluate",
+    parser = ArgumentParser(prog="python -m keras_caltech evaluate",
                      description="Re-evaluate a run's best.keras on its saved test split; updates the run's "
                                  "metrics.json, confusion_matrix.png, per_class.png and report.html.")
     parser.add_argument("run", help="run folder, e.g. runs/default-20260101-120000")
@@ -75,7 +55,7 @@ def _evaluate(argv):
 
 
 def _ensemble(argv):
-    parser = _Parser(prog="python -m keras_caltech ensemble",
+    parser = ArgumentParser(prog="python -m keras_caltech ensemble",
                      description="Sum the logits of several runs on their shared test split and evaluate the sum.")
     parser.add_argument("runs", nargs="+", help="two or more run folders with the same classes and test split")
     parser.add_argument("--tta", default="none", help=f"{TTA_HELP}, for every member (default: none)")
@@ -100,9 +80,9 @@ def _ensemble(argv):
 
 def evaluate_main(argv=None):
     """``evaluate RUN [--tta MODE] [--batch-size N]``; returns the exit code."""
-    return _run(_evaluate, list(sys.argv[1:] if argv is None else argv))
+    return run_command(_evaluate, argv)
 
 
 def ensemble_main(argv=None):
     """``ensemble RUN RUN [...] [--tta MODE] [--output DIR] [--batch-size N]``; returns the exit code."""
-    return _run(_ensemble, list(sys.argv[1:] if argv is None else argv))
+    return run_command(_ensemble, argv)

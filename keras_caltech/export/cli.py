@@ -7,13 +7,23 @@ Each is ``main(argv) -> exit code``: 0 on success, 2 with ``error: ...`` lines o
 error. TensorFlow and Keras load only after the arguments parse.
 """
 
-import argparse
 import sys
+
+from keras_caltech.cli import ArgumentParser, run_command
 
 
 def export_main(argv=None):
     """Exports a finished run's best model for TF Serving."""
-    parser = argparse.ArgumentParser(
+    return run_command(_export, argv)
+
+
+def predict_main(argv=None):
+    """Prints the top-5 classes of image files, using only an exported SavedModel."""
+    return run_command(_predict, argv)
+
+
+def _export(argv):
+    parser = ArgumentParser(
         prog="python -m keras_caltech export",
         description="Export a run's best.keras as a TF Serving SavedModel in BASE_DIR/NAME/VERSION/ "
                     "(signatures serving_default, predict_images, gradcam).")
@@ -24,41 +34,30 @@ def export_main(argv=None):
                         help="folder of served models (default: saved_models)")
     parser.add_argument("--name", help="served model name (default: the run folder's name)")
     args = parser.parse_args(argv)
-    from keras_caltech.errors import UserError
     from keras_caltech.export.saved_model import export_run
 
-    try:
-        version_dir = export_run(args.run_dir, args.base_dir, name=args.name, version=args.version)
-    except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    version_dir = export_run(args.run_dir, args.base_dir, name=args.name, version=args.version)
     print(f"exported {args.run_dir} to {version_dir}")
     print(f"inspect: saved_model_cli show --dir {version_dir} --all")
     return 0
 
 
-def predict_main(argv=None):
-    """Prints the top-5 classes of image files, using only an exported SavedModel."""
-    parser = argparse.ArgumentParser(
+def _predict(argv):
+    parser = ArgumentParser(
         prog="python -m keras_caltech predict",
         description="Classify image files with an exported SavedModel (its serving_default signature).")
     parser.add_argument("--model", required=True,
                         help="saved_models/NAME (highest version) or saved_models/NAME/VERSION")
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="JPEG, PNG, GIF or BMP files")
     args = parser.parse_args(argv)
-    from keras_caltech.errors import UserError
     from keras_caltech.export.predict import SavedModelClassifier
 
-    try:
-        classifier = SavedModelClassifier(args.model)
-    except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    classifier = SavedModelClassifier(args.model)
     failures = 0
     for prediction in classifier.predict_files(args.images):
         if prediction.error:
             failures += 1
-            print(f"error: {prediction.path}: {prediction.error}", file=sys.stderr)
+            print(f"error: {prediction.path}: {prediction.error}", file=sys.stderr)  # the batch goes on
             continue
         print(prediction.path)
         for rank, (name, score) in enumerate(zip(prediction.names, prediction.scores), start=1):
