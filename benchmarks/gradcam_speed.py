@@ -122,7 +122,8 @@ def run(options, context):
         mean = float(agreement.mean()) if len(agreement) else None
         rows.append(Row("gradcam", f"{title}: mean correlation of our maps with xplique's", mean, "Pearson r",
                         "identical maps (r = 1)", 1.0, goal=0.99,
-                        note=(f"{len(agreement)} of {batch} images (the others are empty: nothing survives "
-                              "the ReLU); ours bicubic-resized like xplique's, goal > 0.99")))
+                        note=(f"over {len(agreement)} of {batch} images"
+                              + (" (the others are empty: nothing survives the ReLU)" if len(agreement) < batch else "")
+                              + "; ours bicubic-resized like xplique's; goal r > 0.99")))
         context.setdefault("gradcam_correlation", {})[model_name] = mean
     return rows

@@ -139,10 +139,27 @@ def torch_contender(model_name, image_size, batch_size, steps, bf16=False):
     return run, model
 
 
+def matmul_contender(size, dtype=tf.float32):
+    """A callable running one (size x size) @ (size x size) ``tf.linalg.matmul`` to completion."""
+    a = tf.cast(tf.random.normal((size, size), seed=1), dtype)
+    b = tf.transpose(a)
+    matmul = tf.function(tf.linalg.matmul)
+
+    def run():
+        matmul(a, b).numpy()  # .numpy(): wait for the result, not only the dispatch
+
+    return run
+
+
 def run(options, context):
-    """Rows for section 1; stores our fp32 images/s in ``context["train_rate"][(model, size)]``."""
+    """Rows for section 1.
+
+    Stores in ``context``: our fp32 images/s (``train_rate``), the Keras models
+    (``keras_models``) and the fp32 matmul GFLOP/s measured in the same rounds as each
+    model's steps (``matmul_during``), all keyed by (model name, image size).
+    """
     rows = []
-    context["train_rate"] = {}
+    context["train_rate"], context["matmul_during"] = {}, {}
     try:
         import torch
         torch.set_num_threads(intra_op_threads())
@@ -154,7 +171,9 @@ def run(options, context):
     for model_name in options.train_models:
         for image_size in options.train_sizes:
             title = f"{MODEL_TITLES.get(model_name, model_name)} {image_size} px, batch {options.batch_size}"
-            contenders = {}
+            # The matmul takes its turn in the same rounds, so that section 2 compares the
+            # step's FLOP/s with a peak measured under the same load.
+            contenders = {"matmul": matmul_contender(options.matmul_size)}
             ours, keras_model = keras_contender(model_name, image_size, options.batch_size, options.steps)
             contenders["ours"] = ours
             context.setdefault("keras_models", {})[(model_name, image_size)] = keras_model
@@ -171,6 +190,8 @@ def run(options, context):
             seconds = interleaved(contenders, options.repeats, warmup=1)
             images_per_second = {name: rate(options.batch_size, values) for name, values in seconds.items()}
             context["train_rate"][(model_name, image_size)] = images_per_second["ours"]
+            context["matmul_during"][(model_name, image_size)] = rate(2 * options.matmul_size ** 3,
+                                                                      seconds["matmul"]) / 1e9
             samples = f"median of {len(seconds['ours'])} steps"
             if torch_version:
                 rows.append(Row("training", f"{title} fp32: ours (Keras fit step)", images_per_second["ours"],
