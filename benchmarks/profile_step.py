@@ -54,9 +54,11 @@ def op_times(logdir):
             for line in plane.lines:
                 for event in line.events:
                     name = names.get(event.metadata_id, "")
-                    if ":" not in name:  # executor and Python frames, not ops
+                    # Ops are "layer/op_name:OpType"; runtime frames ("ExecutorState::Process",
+                    # function calls) are not ops and would count their ops' time twice.
+                    op_type = name.rsplit(":", 1)[-1].strip()
+                    if ":" not in name or "::" in name or op_type.startswith("__inference"):
                         continue
-                    op_type = name.rsplit(":", 1)[-1]  # "layer/op_name:OpType"
                     totals[op_type][0] += event.duration_ps / 1e9
                     totals[op_type][1] += 1
     return totals
@@ -114,13 +116,14 @@ def main(argv=None):
     run()  # warm-up: tracing and first allocations
     seconds = run()
     print(f"{args.model} {args.image_size} px batch {args.batch_size}: "
-          f"{args.batch_size * len(seconds) / sum(seconds):.1f} img/s untraced", flush=True)
+          f"{args.batch_size * len(seconds) / sum(seconds):.1f} img/s untraced "
+          "(ops run on 2+ threads at once, so their times add up to more than a step)", flush=True)
     print(MARKER, flush=True)
     with tempfile.TemporaryDirectory() as logdir:
         tf.profiler.experimental.start(logdir)
         run()
         tf.profiler.experimental.stop()
-        print(f"=== traced steps end ===", flush=True)
+        print("=== traced steps end ===", flush=True)
         if os.environ.get("ONEDNN_VERBOSE") != "1":
             print_table(op_times(logdir), args.top, args.steps + 1, "TensorFlow ops (profiler trace)")
     return 0

@@ -139,14 +139,17 @@ def torch_contender(model_name, image_size, batch_size, steps, bf16=False):
     return run, model
 
 
+# One graph function for every matmul contender: one trace per shape and dtype.
+_matmul = tf.function(tf.linalg.matmul)
+
+
 def matmul_contender(size, dtype=tf.float32):
     """A callable running one (size x size) @ (size x size) ``tf.linalg.matmul`` to completion."""
     a = tf.cast(tf.random.normal((size, size), seed=1), dtype)
     b = tf.transpose(a)
-    matmul = tf.function(tf.linalg.matmul)
 
     def run():
-        matmul(a, b).numpy()  # .numpy(): wait for the result, not only the dispatch
+        _matmul(a, b).numpy()  # .numpy(): wait for the result, not only the dispatch
 
     return run
 
