@@ -1,10 +1,22 @@
-"""Benchmarks are not tests: this only checks that their wiring runs on a tiny configuration."""
+"""Benchmarks are not tests: this only checks their wiring on tiny configurations, never their numbers.
+
+Each smoke run uses 32 px images, batch 2 and one repetition, so it takes seconds; rows
+whose optional dependency (torch, xplique) is missing in this environment must say so,
+not fail.
+"""
 
 import importlib.util
+import json
 import math
 import pathlib
+import subprocess
+import sys
 
-BENCHMARKS = pathlib.Path(__file__).resolve().parents[1] / "benchmarks"
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+BENCHMARKS = ROOT / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))
 
 
 def load_script(name):
@@ -31,3 +43,60 @@ def test_the_gradcam_benchmark_prints_a_row_per_model_with_agreeing_maps(capsys)
         ours, recipe, _, correlation = (float(value.rstrip("x")) for value in row.split()[3:7])
         assert ours > 0 and recipe > 0
         assert math.isnan(correlation) or correlation > 0.99  # nan: every map constant
+
+
+def test_the_smoke_run_prints_a_table_with_every_section_and_writes_the_results(tmp_path):
+    output = tmp_path / "results.json"
+    result = subprocess.run([sys.executable, str(BENCHMARKS / "run.py"), "--smoke", "--output", str(output)],
+                            capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "| Section | Measurement | Ours | Compared with | Ratio | Goal | Notes |" in result.stdout
+    assert "Machine: " in result.stdout
+    results = json.loads(output.read_text())
+    assert results["smoke"] is True
+    rows = results["rows"]
+    assert {row["section"] for row in rows} == {"training", "flops", "pipeline", "gradcam", "serving"}
+    assert not any("failed" in row["name"] for row in rows)
+    ours = next(row for row in rows if row["name"].startswith("MyCNN 32 px, batch 2 fp32: ours"))
+    assert ours["value"] > 0
+    if importlib.util.find_spec("torch") is None:
+        assert "torch is not installed" in ours["note"]
+    else:
+        assert ours["reference_value"] > 0 and ours["status"] in ("met", "missed")
+    xplique = next(row for row in rows if "xplique GradCAM" in row["name"])
+    if importlib.util.find_spec("xplique") is None:
+        assert xplique["status"] == "skipped" and "xplique is not importable" in xplique["note"]
+    pipeline = [row for row in rows if row["section"] == "pipeline"]
+    assert len(pipeline) == 2 and all(row["reference_value"] and row["goal"] == 3.0 for row in pipeline)
+
+
+def test_an_unknown_section_is_refused_with_the_valid_ones():
+    result = subprocess.run([sys.executable, str(BENCHMARKS / "run.py"), "--sections", "trainig"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert "unknown section(s) trainig. Valid sections: training," in result.stderr
+
+
+def test_the_flop_counter_gives_resnet18s_published_forward_cost():
+    from flops import forward_flops
+
+    from keras_caltech.models import create_model
+
+    # ResNet-18 at 224 px with 1000 classes: 1.814 G multiply-adds (torchvision's figure).
+    flops = forward_flops(create_model("resnet18", 1000, 224))
+    assert flops == pytest.approx(2 * 1.814e9, rel=0.01)
+
+
+def test_serving_scripts_printed_table_becomes_rows():
+    from run import parse_serving_table
+
+    text = ("model mycnn at 32 px\n"
+            "path             input                                    batch 1 p50 ms batch 1 p95 ms   batch 32 img/s\n"
+            "--------------------------------------------------------------------------------------------------------\n"
+            "serving_default  JPEG bytes 64x85                                   3.10           4.20            812.5\n"
+            "keras model      float arrays 32x32, pre-decoded                    1.05           1.30           2904.0\n"
+            "decode + resize + top-k inside serving_default at batch 32: +0.886 ms per image over the bare model\n")
+    rows = parse_serving_table(text)
+    assert [row.name for row in rows] == ["serving_default (JPEG bytes 64x85)",
+                                          "keras model (float arrays 32x32, pre-decoded)"]
+    assert rows[0].value == 812.5 and "p50 3.10 ms, p95 4.20 ms" in rows[0].note

@@ -7,6 +7,8 @@ layer it adds from a ``name`` prefix, so layer names stay stable and readable
 
 from keras import layers
 
+from keras_caltech.models.layers import FusedBatchNormalization
+
 
 def conv_bn_relu(x, filters, name, kernel_size=3, strides=1):
     """Conv (no bias: BatchNorm adds one) -> BatchNorm -> ReLU, named ``{name}_conv/_bn/_relu``.
@@ -23,7 +25,7 @@ def conv_bn_relu(x, filters, name, kernel_size=3, strides=1):
     """
     x = layers.Conv2D(filters, kernel_size, strides=strides, padding="same", use_bias=False,
                       name=f"{name}_conv")(x)
-    x = layers.BatchNormalization(name=f"{name}_bn")(x)
+    x = FusedBatchNormalization(name=f"{name}_bn")(x)
     return layers.ReLU(name=f"{name}_relu")(x)
 
 
