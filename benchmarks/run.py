@@ -102,15 +102,10 @@ def machine_facts():
 
 
 def serving_section(options, context):
-    """Rows of benchmarks/serving.py (the export work's benchmark), or a skipped row saying why."""
+    """Rows of benchmarks/serving.py (the export benchmark), run through its main()."""
     from timing import Row, skipped
 
-    if not (HERE / "serving.py").is_file():
-        return [skipped("serving", "exported SavedModel latency and throughput",
-                        "benchmarks/serving.py is not on this branch (it comes with the export work)")]
     module = importlib.import_module("serving")
-    if hasattr(module, "run"):
-        return module.run(options, context)
     # A stand-alone script: run its main() and turn its printed table into rows.
     output = io.StringIO()
     try:

@@ -11,6 +11,12 @@ from PIL import Image  # noqa: E402
 from keras_caltech.data.synthetic import generate_dataset  # noqa: E402
 
 
+@pytest.fixture(autouse=True)
+def run_in_a_temporary_folder(tmp_path, monkeypatch):
+    """Relative outputs (runs/, saved_models/, data/) land in a temporary folder, never the repo."""
+    monkeypatch.chdir(tmp_path)
+
+
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory):
     """4 shape classes x 12 small JPEGs, Caltech layout, with boxes.json."""

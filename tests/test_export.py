@@ -193,13 +193,9 @@ def eager_gradcam(model, images):
 
 
 def explain_module_heatmaps(model, images):
-    """TEST HOOK (issue 6 meets issue 5): the explain module's Grad-CAM at the input size.
+    """The explain module's Grad-CAM at the input size: the exported heatmap must equal it."""
+    from keras_caltech import explain
 
-    Skips until ``keras_caltech.explain`` is merged. If its API differs from what is
-    called here (GradCam(model)(images) -> heatmaps, class_indices; upsample), adapt
-    this hook, not the assertion: the exported heatmap must equal the explain module's.
-    """
-    explain = pytest.importorskip("keras_caltech.explain", reason="the explain module is not merged yet")
     result = explain.GradCam(model)(images)
     return explain.upsample(result.heatmaps, images.shape[1:3]), np.asarray(result.class_indices)
 

@@ -6,6 +6,8 @@ thin in the test set. Here every class is cut separately, so each split keeps th
 class proportions, and the cut depends only on the seed and the file list.
 """
 
+import zlib
+
 import numpy as np
 
 from keras_caltech.errors import UserError
@@ -43,7 +45,10 @@ def stratified_split(files, class_names, *, test_fraction=0.2, val_fraction=0.1,
     splits = {name: [] for name in SPLIT_NAMES}
     too_small = []
     for label, paths in enumerate(by_class):
-        order = np.random.default_rng([seed, label]).permutation(len(paths))
+        # Seeded by the class's name, not its label: the label changes with include/exclude
+        # lists, and a class must split the same way in every run (no test image of one
+        # run in the training set of another run, e.g. with --init-from).
+        order = np.random.default_rng([seed, zlib.crc32(class_names[label].encode())]).permutation(len(paths))
         paths = [paths[index] for index in order]
         if train_per_class:
             num_train = train_per_class

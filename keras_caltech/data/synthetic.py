@@ -15,6 +15,7 @@ Box corners are pixel coordinates in the saved image, ``x1``/``y1`` exclusive.
 import json
 import math
 import pathlib
+import shutil
 
 import cv2
 import numpy as np
@@ -176,6 +177,8 @@ def ensure_dataset(root, *, images_per_class=200, seed=0):
     expected = json.dumps({"images_per_class": images_per_class, "seed": seed})
     if marker.is_file() and marker.read_text() == expected:
         return root
+    for folder in class_folder_names():  # another size or seed: start clean, no stale images
+        shutil.rmtree(root / folder, ignore_errors=True)
     generate_dataset(root, images_per_class=images_per_class, seed=seed)
     marker.write_text(expected)
     return root
