@@ -11,9 +11,18 @@ from PIL import Image  # noqa: E402
 from keras_caltech.data.synthetic import generate_dataset  # noqa: E402
 
 
+@pytest.fixture(scope="session", autouse=True)
+def session_in_a_temporary_folder(tmp_path_factory):
+    """Session fixtures' relative outputs (runs/, saved_models/, data/) stay out of the repo."""
+    previous = os.getcwd()
+    os.chdir(tmp_path_factory.mktemp("session_cwd"))
+    yield
+    os.chdir(previous)
+
+
 @pytest.fixture(autouse=True)
 def run_in_a_temporary_folder(tmp_path, monkeypatch):
-    """Relative outputs (runs/, saved_models/, data/) land in a temporary folder, never the repo."""
+    """Each test's relative outputs land in its own temporary folder, never the repo."""
     monkeypatch.chdir(tmp_path)
 
 
@@ -76,7 +85,7 @@ def tiny_runs(tiny_dataset, tmp_path_factory):
 
     base = tmp_path_factory.mktemp("runs")
     tiny = ["--set", "data.batch_size=8", "--set", "train.epochs=1", "--set", "data.cache_dir=",
-            "--set", "train.tensorboard=false"]
+            "--set", "train.tensorboard=false", "--set", "export.enabled=false"]
     for name, extra in (("a", ["--set", "data.image_size=32", "--set", "eval.tta=flip"]),
                         ("b", ["--set", "data.image_size=40", "--set", "train.seed=1"])):
         assert train.main(["--data", str(tiny_dataset), "--output-dir", str(base / name), *tiny, *extra]) == 0

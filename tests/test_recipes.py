@@ -28,7 +28,7 @@ from keras_caltech.training.recipes import (build_batch_mixer, check_recipe, cla
                                             loss_and_metrics, with_class_probabilities)
 
 TINY = ["--set", "data.image_size=32", "--set", "data.batch_size=8", "--set", "train.epochs=1",
-        "--set", "data.cache_dir=", "--set", "train.tensorboard=false"]
+        "--set", "data.cache_dir=", "--set", "train.tensorboard=false", "--set", "export.enabled=false"]
 STEPS_PER_EPOCH = 10
 
 
