@@ -80,6 +80,10 @@ class TrainConfig:
     step_gamma: float = 0.1
     seed: int = 0
     tensorboard: bool = True
+    strategy: str = "auto"  # auto | one | mirrored | multiworker (see training/distribute.py)
+    precision: str = "float32"  # float32 | mixed_float16 (GPUs) | mixed_bfloat16 (CPUs with bfloat16 support)
+    jit_compile: bool = False  # compile the training step with XLA
+    deterministic: bool = False  # deterministic ops: a resumed run matches an uninterrupted one bit for bit
 
 
 @dataclasses.dataclass(frozen=True)
@@ -195,10 +199,18 @@ def load_config(path=None, overrides=()):
     values = {}
     if path is not None:
         path = pathlib.Path(path)
+        if path.is_dir():
+            raise UserError(f"--config expects a YAML file, received a directory: {path}. "
+                            "Pass one of its .yaml files")
         if not path.is_file():
             raise UserError(f"config file not found: {path}")
         try:
             values = yaml.safe_load(path.read_text()) or {}
+        except PermissionError:
+            raise UserError(f"cannot read config file {path}: permission denied. "
+                            f"Make it readable (chmod u+r {path})")
+        except UnicodeDecodeError:
+            raise UserError(f"config file {path} is not a text file (YAML expected)")
         except yaml.YAMLError as error:
             raise UserError(f"config file {path} is not valid YAML: {str(error).splitlines()[0]}")
     for assignment in overrides:

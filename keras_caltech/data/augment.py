@@ -1,13 +1,12 @@
 """Training-split augmentation built from Keras preprocessing layers.
 
 Augmentation runs in the tf.data pipeline on training batches only, never inside the
-model, so evaluation and the exported serving graph cannot contain it.
+model, so evaluation and the exported serving graph cannot contain it. Its randomness
+is keyed per batch (:func:`augment_batch`), so a resumed run replays it exactly.
 """
 
 import keras
-
-# Random-resized-crop: core Keras has no such layer, keras-cv does.
-import keras_cv
+import tensorflow as tf
 
 
 def build_augmenter(augment, image_size, seed=0):
@@ -25,6 +24,9 @@ def build_augmenter(augment, image_size, seed=0):
     """
     steps = []
     if augment.random_resized_crop:
+        # Core Keras has no random-resized-crop; keras-cv does (imported only when used: it is slow to load).
+        import keras_cv
+
         steps.append(keras_cv.layers.RandomCropAndResize(
             target_size=(image_size, image_size), crop_area_factor=(augment.crop_area_min, 1.0),
             aspect_ratio_factor=(3 / 4, 4 / 3), seed=seed + 1, name="random_resized_crop"))
@@ -56,3 +58,35 @@ def build_augmenter(augment, image_size, seed=0):
 def load_size(augment, image_size):
     """The side images are decoded to before augmentation: larger when a crop follows."""
     return max(augment.resize_crop, image_size)
+
+
+def _seed_states(augmenter):
+    """The state variables of every keras.random.SeedGenerator the augmenter's layers draw from."""
+    return [value.state for layer in augmenter.layers for value in vars(layer).values()
+            if isinstance(value, keras.random.SeedGenerator)]
+
+
+def augment_batch(augmenter, images, key):
+    """Applies ``augmenter`` to one batch with its random draws fixed by ``key``.
+
+    Keras' random layers draw from seed-generator variables that advance with every
+    call; in a parallel tf.data map the calls race, so which batch gets which draw
+    depends on thread timing, and a resumed run could not replay it. Here each
+    generator's state is replaced, for this call only, by a seed folded from ``key``
+    (``keras.StatelessScope``; the variables themselves never change), so the result is a
+    function of (key, images) alone. keras-cv's RandomCropAndResize draws from its own
+    tf.random.Generator instead and stays unkeyed.
+
+    Args:
+        augmenter: a model from :func:`build_augmenter`.
+        images: float32 (batch, load, load, 3), 0-255.
+        key: int64 (2,) tensor, e.g. (epoch seed, batch index).
+
+    Returns:
+        float32 (batch, image_size, image_size, 3), 0-255.
+    """
+    key = tf.cast(key, tf.int64)
+    states = [(state, tf.cast(tf.random.experimental.stateless_fold_in(key, index), state.dtype))
+              for index, state in enumerate(_seed_states(augmenter))]
+    with keras.StatelessScope(state_mapping=states):
+        return augmenter(images, training=True)

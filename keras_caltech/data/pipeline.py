@@ -4,7 +4,9 @@ A split is materialised as a folder of symbolic links to the scanned, decodable 
 (``split_view/<split>/<class>/<file>``), and ``image_dataset_from_directory`` reads that
 folder: it never meets a broken file, its labels follow our class order, and the split
 stays exactly the saved file list. On top: optional cache of decoded, resized images,
-shuffling, batching, training-only augmentation, prefetch.
+then for evaluation batching in file order (:func:`make_dataset`), and for training a
+per-epoch shuffle, batching and augmentation that depend only on (seed, epoch)
+(:class:`EpochBatches`), so a resumed run replays the same batches.
 
 One source of truth for preprocessing: every image the project feeds a model, in
 training, evaluation, explanation or serving, is decoded by ``tf.io.decode_image``
@@ -21,6 +23,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_caltech.data.augment import augment_batch
 from keras_caltech.errors import UserError
 
 # Normalization modes: (mean, std) per RGB channel in 0-1 units; "dataset" is computed.
@@ -76,35 +79,19 @@ def materialize_split(root, pairs, class_names, view_dir):
     return view_dir
 
 
-def make_dataset(view_dir, class_names, image_size, batch_size, *, training=False, augmenter=None,
-                 cache="none", cache_path=None, seed=0, load_size=None):
-    """Builds the batched tf.data pipeline for one split view.
-
-    Args:
-        view_dir: a folder made by :func:`materialize_split`.
-        class_names: class folder names in label order.
-        image_size: side of the square images the model takes.
-        batch_size: images per batch.
-        training: shuffle each epoch and apply ``augmenter``.
-        augmenter: a callable on (batch, load_size, load_size, 3) 0-255 images returning
-            (batch, image_size, image_size, 3), or None.
-        cache: "none", "memory" or "disk" (decoded, resized images; before augmentation).
-        cache_path: file prefix for the disk cache.
-        seed: shuffling seed.
-        load_size: side to decode and resize to before augmentation (e.g. 256 for a
-            random 224 crop); defaults to ``image_size``.
+def _decoded_images(view_dir, class_names, image_size, cache, cache_path):
+    """(image float32 (size, size, 3) 0-255, label int32) of a split view in file order, optionally cached.
 
     Returns:
-        A tf.data.Dataset of (images float32 (batch, size, size, 3) 0-255, labels int32 (batch,)).
+        (dataset, number of images).
     """
     if cache not in CACHE_MODES:
         raise UserError(f"data.cache must be one of {', '.join(CACHE_MODES)}. Received: {cache!r}")
-    load_size = load_size or image_size
-    # image_dataset_from_directory does the parallel decode and the resize; we shuffle
-    # after the cache ourselves, so the cached order is fixed and each epoch differs.
+    # image_dataset_from_directory does the parallel decode and the resize; the training
+    # pipeline shuffles after the cache itself, so the cached order is fixed.
     dataset = keras.utils.image_dataset_from_directory(
         view_dir, labels="inferred", label_mode="int", class_names=class_names,
-        batch_size=None, image_size=(load_size, load_size), shuffle=False,
+        batch_size=None, image_size=(image_size, image_size), shuffle=False,
         interpolation="bilinear", verbose=False)
     num_images = len(dataset.file_paths)
     if num_images == 0:
@@ -115,13 +102,84 @@ def make_dataset(view_dir, class_names, image_size, batch_size, *, training=Fals
     elif cache == "disk":
         pathlib.Path(cache_path).parent.mkdir(parents=True, exist_ok=True)
         dataset = dataset.cache(str(cache_path))
-    if training:
-        dataset = dataset.shuffle(num_images, seed=seed, reshuffle_each_iteration=True)
-    dataset = dataset.batch(batch_size)
-    if training and augmenter is not None:
-        dataset = dataset.map(lambda images, labels: (augmenter(images, training=True), labels),
-                              num_parallel_calls=tf.data.AUTOTUNE)
-    return dataset.prefetch(tf.data.AUTOTUNE)
+    return dataset, num_images
+
+
+def make_dataset(view_dir, class_names, image_size, batch_size, *, cache="none", cache_path=None):
+    """Builds the batched, unshuffled, unaugmented pipeline of one split view (evaluation, statistics).
+
+    Args:
+        view_dir: a folder made by :func:`materialize_split`.
+        class_names: class folder names in label order.
+        image_size: side of the square images the model takes.
+        batch_size: images per batch.
+        cache: "none", "memory" or "disk" (decoded, resized images).
+        cache_path: file prefix for the disk cache.
+
+    Returns:
+        A tf.data.Dataset of (images float32 (batch, size, size, 3) 0-255, labels int32 (batch,)),
+        in file order (class by class).
+    """
+    dataset, _ = _decoded_images(view_dir, class_names, image_size, cache, cache_path)
+    return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def epoch_seed(seed, epoch):
+    """The seed of one epoch's shuffle and augmentation, derived from the run's seed."""
+    return (seed * 1_000_003 + epoch) % (2 ** 31 - 1)
+
+
+class EpochBatches:
+    """The training split's batches, one dataset per epoch, each a pure function of (seed, epoch).
+
+    tf.data's ``shuffle(reshuffle_each_iteration=True)`` draws the k-th epoch's order from
+    how many times the dataset object has been iterated, and Keras' random layers from
+    seed variables that advance with every call; a resumed process would restart both
+    from zero. Here epoch k is shuffled with its own seed and every batch is augmented
+    with a key folded from (epoch seed, batch index), so a resumed run sees exactly the
+    batches an uninterrupted one does. The decoded (and cached) images are shared by
+    every epoch.
+
+    Args:
+        view_dir: a folder made by :func:`materialize_split`.
+        class_names: class folder names in label order.
+        image_size: side of the square images the model takes.
+        batch_size: images per batch.
+        augmenter: a Keras augmenter (see data/augment.py) mapping (batch, load_size,
+            load_size, 3) 0-255 images to (batch, image_size, image_size, 3), or None.
+        cache: "none", "memory" or "disk" (decoded, resized images; before augmentation).
+        cache_path: file prefix for the disk cache.
+        seed: the run's seed.
+        load_size: side to decode and resize to before augmentation (e.g. 256 for a
+            random 224 crop); defaults to ``image_size``.
+
+    Calling ``batches(epoch)`` returns a tf.data.Dataset of (images float32 (batch, size,
+    size, 3) 0-255, labels int32 (batch,)); ``len(batches)`` is the number of batches per epoch.
+    """
+
+    def __init__(self, view_dir, class_names, image_size, batch_size, *, augmenter=None, cache="none",
+                 cache_path=None, seed=0, load_size=None):
+        self.images, self.num_images = _decoded_images(view_dir, class_names, load_size or image_size,
+                                                       cache, cache_path)
+        self.batch_size = batch_size
+        self.augmenter = augmenter
+        self.seed = seed
+
+    def __len__(self):
+        return -(-self.num_images // self.batch_size)
+
+    def __call__(self, epoch):
+        seed = epoch_seed(self.seed, epoch)
+        dataset = self.images.shuffle(self.num_images, seed=seed, reshuffle_each_iteration=False)
+        dataset = dataset.batch(self.batch_size)
+        if self.augmenter is not None:
+            def augment(index, batch):
+                images, labels = batch
+                key = tf.stack([tf.constant(seed, tf.int64), index])
+                return augment_batch(self.augmenter, images, key), labels
+
+            dataset = dataset.enumerate().map(augment, num_parallel_calls=tf.data.AUTOTUNE)
+        return dataset.prefetch(tf.data.AUTOTUNE)
 
 
 def channel_statistics(dataset, max_batches=None):

@@ -16,7 +16,9 @@ def conv_bn_relu(x, filters, name, kernel_size=3, strides=1):
     """Conv (no bias: BatchNorm adds one) -> BatchNorm -> ReLU, named ``{name}_conv/_bn/_relu``."""
     x = layers.Conv2D(filters, kernel_size, strides=strides, padding="same", use_bias=False,
                       name=f"{name}_conv")(x)
-    x = layers.BatchNormalization(name=f"{name}_bn")(x)
+    # synchronized: under a multi-replica strategy the statistics cover the global batch,
+    # so N replicas train exactly as one device does (a no-op on one device).
+    x = layers.BatchNormalization(synchronized=True, name=f"{name}_bn")(x)
     return layers.ReLU(name=f"{name}_relu")(x)
 
 
@@ -32,4 +34,4 @@ def build_mycnn(x, num_classes, *, dropout=0.5):
     x = layers.Flatten(name="flatten")(x)
     x = layers.Dense(512, activation="relu", name="fc1")(x)
     x = layers.Dropout(dropout, name="dropout")(x)
-    return layers.Dense(num_classes, name="logits")(x)
+    return layers.Dense(num_classes, dtype="float32", name="logits")(x)  # float32 under mixed precision
