@@ -18,5 +18,5 @@ class TrainingInterrupted(Exception):
 
     def __init__(self, run_dir):
         self.run_dir = run_dir
-        super().__init__(f"interrupted; the last completed epoch is saved in {run_dir}. "
-                         f"Resume with: python train.py --resume {run_dir}")
+        super().__init__(f"interrupted. Continue from the last completed epoch with: "
+                         f"python train.py --resume {run_dir}")

@@ -99,8 +99,10 @@ def test_two_workers_end_with_identical_weights_equal_to_one_device(multiworker_
 
 
 def test_mirrored_strategy_on_two_logical_cpus_matches_one_device(tiny_dataset, tmp_path, single_device_run):
+    """Also runs train.deterministic=true (process-wide and irreversible, so not in the test process)."""
     process = _start([sys.executable, DRIVER, "two-cpus", "-", "--", "--data", str(tiny_dataset),
-                      "--output-dir", str(tmp_path / "run"), "--strategy", "mirrored", *RUN], tmp_path, "mirrored")
+                      "--output-dir", str(tmp_path / "run"), "--strategy", "mirrored", *RUN,
+                      "--set", "train.deterministic=true"], tmp_path, "mirrored")
     assert "on 2 replica(s) (CPU, CPU)" in _finish(process, tmp_path, "mirrored")
     mirrored, single = _weights(tmp_path / "run"), _weights(single_device_run)
     for name in single:
@@ -189,3 +191,16 @@ def test_strategy_names_and_tf_config_are_checked(monkeypatch):
     monkeypatch.delenv("TF_CONFIG")
     if not tf.config.list_physical_devices("GPU"):
         assert distribute.make_strategy("auto").num_replicas_in_sync == 1
+
+
+def test_worker_folders_are_named_from_the_chiefs_and_a_resume_finds_its_own(tmp_path, monkeypatch):
+    from keras_caltech.training.resume import load_run_config
+
+    assert distribute.with_worker_suffix(tmp_path / "big", 0) == tmp_path / "big"
+    assert distribute.with_worker_suffix(tmp_path / "big", 2) == tmp_path / "big-worker2"
+    assert distribute.with_worker_suffix(tmp_path / "big-worker2", 2) == tmp_path / "big-worker2"
+    (tmp_path / "big-worker1").mkdir()  # on worker 1's machine there is no copy of the chief's folder
+    (tmp_path / "big-worker1" / "config.yaml").write_text("train: {epochs: 4}\n")
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": ["a:1", "b:1"]},
+                                                "task": {"type": "worker", "index": 1}}))
+    assert load_run_config(tmp_path / "big").train.epochs == 4

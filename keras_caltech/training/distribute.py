@@ -48,6 +48,14 @@ def tf_config_workers():
     return workers
 
 
+def tf_config_task_index():
+    """The worker index TF_CONFIG gives this process (0 when TF_CONFIG is unset)."""
+    try:
+        return int(json.loads(os.environ.get("TF_CONFIG") or "{}").get("task", {}).get("index", 0))
+    except (ValueError, TypeError, AttributeError):
+        return 0  # make_strategy reports a malformed TF_CONFIG
+
+
 def make_strategy(name):
     """Creates the tf.distribute strategy ``train.strategy`` names.
 
@@ -94,11 +102,15 @@ def worker_index(strategy):
     return int(resolver.task_id or 0)
 
 
-def worker_run_dir(run_dir, strategy):
-    """The run folder this process writes: ``run_dir`` on the chief, ``run_dir-workerN`` on worker N."""
+def with_worker_suffix(run_dir, index):
+    """``run_dir`` for worker 0 (the chief), ``run_dir-workerN`` for worker N (kept if already there)."""
     run_dir = pathlib.Path(run_dir)
-    index = worker_index(strategy)
     suffix = f"-worker{index}"
     if index == 0 or run_dir.name.endswith(suffix):
         return run_dir
     return run_dir.with_name(run_dir.name + suffix)
+
+
+def worker_run_dir(run_dir, strategy):
+    """The run folder this process writes: ``run_dir`` on the chief, ``run_dir-workerN`` on worker N."""
+    return with_worker_suffix(run_dir, worker_index(strategy))

@@ -43,6 +43,7 @@ from keras_caltech.config import load_config
 from keras_caltech.data.scan import ScanResult
 from keras_caltech.data.splits import SPLIT_NAMES
 from keras_caltech.errors import UserError
+from keras_caltech.training.distribute import tf_config_task_index, with_worker_suffix
 from keras_caltech.training.lock import lock_run_folder
 from keras_caltech.training.run_folder import read_json, remove_partial_files, replaced_atomically
 
@@ -168,10 +169,16 @@ class SaveTrainingState(keras.callbacks.Callback):
 def load_run_config(run_dir, overrides=()):
     """Reads the config a run was trained with, for ``--resume``.
 
+    On worker N of a multi-worker run (TF_CONFIG), reads ``run_dir-workerN`` when it
+    exists: that worker's machine may hold no copy of the chief's folder.
+
     Raises:
         UserError: not a run folder, or its config.yaml is damaged.
     """
     run_dir = pathlib.Path(run_dir)
+    worker_dir = with_worker_suffix(run_dir, tf_config_task_index())
+    if worker_dir.is_dir():
+        run_dir = worker_dir  # a multi-worker run's worker N keeps its own folder (see distribute.py)
     if not run_dir.exists():
         raise UserError(f"run folder not found: {run_dir}")
     if not run_dir.is_dir():
