@@ -78,7 +78,7 @@ class RunLock:
                     descriptor = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
                 except FileExistsError:
                     self._check_stale()
-                    self.path.unlink()  # stale: its process is gone
+                    self.path.unlink(missing_ok=True)  # stale: its process is gone
                     continue
                 except PermissionError:
                     raise UserError(f"cannot write to run folder {self.run_dir}: permission denied")

@@ -11,7 +11,7 @@ The policy must be set before the model is built. Two details keep training stab
   so the softmax cross-entropy never runs in 16 bits;
 - float16 needs loss scaling, or small gradients underflow to zero. ``Model.compile``
   wraps the optimizer in ``keras.optimizers.LossScaleOptimizer`` itself when the model's
-  policy is mixed_float16 (tests/test_faults.py checks this); bfloat16 has float32's
+  policy is mixed_float16 (tests/test_distribute.py checks this); bfloat16 has float32's
   exponent range and needs none.
 """
 
