@@ -1,6 +1,8 @@
 """Every figure the project draws, in one place (matplotlib, no screen needed)."""
 
 import csv
+import os
+import pathlib
 
 import matplotlib
 import numpy as np
@@ -27,7 +29,11 @@ def plot_curves(history_csv, output_path):
         axis.grid(alpha=0.3)
         axis.legend()
     figure.tight_layout()
-    figure.savefig(output_path, dpi=100)
+    # Through a temporary name and an atomic rename: a killed run never leaves half a PNG.
+    output_path = pathlib.Path(output_path)
+    temporary = output_path.with_name(f".{output_path.stem}.tmp{output_path.suffix}")
+    figure.savefig(temporary, dpi=100)
+    os.replace(temporary, output_path)
     plt.close(figure)
     return output_path
 
