@@ -9,7 +9,8 @@ Agreement is to a tolerance, not bit for bit: the replicas' gradients are summed
 all-reduce in a different order than one device sums them. The comparison trains on
 noise images: the synthetic shapes' flat colour regions make exact ties in max pooling,
 and which of two tied pixels gets the gradient then depends on that rounding, a
-legitimate difference far above the tolerance.
+legitimate difference far above the tolerance. Weight decay is on, as PyTorch's L2 term,
+which must count once per step, not once per replica.
 """
 
 import json
@@ -38,7 +39,7 @@ DRIVER = os.path.join(REPO, "tests", "train_driver.py")
 RUN = ["--set", "data.image_size=32", "--set", "data.batch_size=8", "--set", "data.cache_dir=",
        "--set", "train.tensorboard=false", "--set", "train.epochs=1", "--set", "model.dropout=0",
        "--set", "train.optimizer=sgd", "--set", "train.learning_rate=0.01", "--set", "train.schedule=constant",
-       "--set", "export.enabled=false"]
+       "--set", "export.enabled=false", "--set", "train.weight_decay=0.05"]
 
 
 def _free_port():
