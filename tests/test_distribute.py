@@ -166,6 +166,25 @@ def test_mixed_float16_gets_loss_scaling_from_compile_and_is_refused_without_a_g
         precision.set_precision("float8")
 
 
+def test_a_progressive_stage_continues_the_loss_scaled_optimizer_of_the_stage_before(float32_afterwards):
+    from keras_caltech.training import phases
+
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    config = load_config(None, ["train.optimizer=sgd"])
+    models = []
+    for _ in range(2):
+        model = create_model("mycnn", 3, 32)
+        model.compile(optimizer=make_optimizer(config.train, 10),
+                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        models.append(model)
+    previous, model = models
+    previous.optimizer.build(previous.trainable_variables)
+    previous.optimizer.inner_optimizer.iterations.assign(7)
+    optimizer = make_optimizer(config.train, 10)  # what PhaseRunner.enter gives the next stage
+    phases._continue_optimizer(optimizer, previous.optimizer, model)
+    assert int(optimizer.iterations.numpy()) == 7
+
+
 @pytest.mark.parametrize("name", list_models())
 def test_every_registered_model_computes_float32_logits_under_mixed_precision(name, float32_afterwards):
     keras.mixed_precision.set_global_policy("mixed_bfloat16")
