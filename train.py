@@ -2,6 +2,7 @@
 
 With no arguments it generates the built-in synthetic dataset (once, under data/),
 trains configs/default.yaml and prints the test accuracy and the run folder.
+``python train.py --resume runs/NAME`` continues a stopped run from its last completed epoch.
 """
 
 import argparse
@@ -23,9 +24,10 @@ def parse_args(argv):
                "data.cache (none|memory|disk), data.balanced_sampling, augment.*, model.name, model.dropout, "
                "model.weights (imagenet|none|FILE), model.fine_tune_blocks, train.epochs, "
                "train.optimizer (adam|adamw|sgd), train.learning_rate, "
-               "train.schedule (constant|step|onecycle|cosine), train.label_smoothing, train.class_weight, eval.tta (none|flip|10crop), export.enabled, export.base_dir, ... "
+               "train.schedule (constant|step|onecycle|cosine), train.label_smoothing, train.class_weight, "
+               "train.precision, eval.tta (none|flip|10crop), export.enabled, export.base_dir, ... "
                "See keras_caltech/config.py for all of them and their defaults.")
-    parser.add_argument("--config", default=DEFAULT_CONFIG,
+    parser.add_argument("--config",
                         help="YAML config listing what differs from the defaults (default: configs/default.yaml)")
     parser.add_argument("--data", help="dataset folder with one subfolder per class (overrides data.root); "
                                        "default: the built-in synthetic dataset")
@@ -41,31 +43,55 @@ def parse_args(argv):
     parser.add_argument("--dry-run", action="store_true",
                         help="build the model, print its summary and parameter count, train nothing "
                              "(pretrained weights are neither loaded nor downloaded)")
+    parser.add_argument("--resume", metavar="RUN_DIR",
+                        help="continue a stopped or killed run from its last completed epoch, with the "
+                             "config saved in RUN_DIR/config.yaml")
+    parser.add_argument("--strategy", metavar="NAME",
+                        help="auto | one | mirrored (all GPUs of this machine) | multiworker (machines "
+                             "listed in TF_CONFIG); overrides train.strategy, also with --resume")
     return parser.parse_args(argv)
+
+
+# Flags that would change what a resumed run trains; its config.yaml decides instead.
+_NOT_WITH_RESUME = ("config", "data", "set", "dataset", "output_dir", "init_from", "dry_run")
 
 
 def main(argv=None):
     """Runs training; returns the process exit code (0 ok, 2 user error)."""
     args = parse_args(argv)
     from keras_caltech.config import load_config
-    from keras_caltech.errors import UserError
+    from keras_caltech.errors import TrainingInterrupted, UserError
     from keras_caltech.training import trainer
+    from keras_caltech.training.resume import load_run_config
 
     try:
-        overrides = list(args.set) + ([f"data.root={args.data}"] if args.data else [])
-        if args.init_from:
-            overrides.append(f"model.init_from={args.init_from}")
-        if args.dataset:
-            from keras_caltech.data.download import download_dataset
-            overrides.append(f"data.root={download_dataset(args.dataset, DOWNLOAD_DIR)}")
-        config = load_config(args.config, overrides)
-        if args.dry_run:
-            trainer.dry_run(config)
-            return 0
-        summary = trainer.train(config, args.output_dir)
+        strategy = [f"train.strategy={args.strategy}"] if args.strategy else []
+        if args.resume:
+            given = [name for name in _NOT_WITH_RESUME if getattr(args, name)]
+            if given:
+                flags = ", ".join("--" + name.replace("_", "-") for name in given)
+                raise UserError(f"--resume continues a run with the config saved in its folder; it cannot be "
+                                f"combined with {flags}. Received: --resume {args.resume} {flags}")
+            config = load_run_config(args.resume, strategy)
+            summary = trainer.train(config, args.resume, resume=True)
+        else:
+            overrides = list(args.set) + ([f"data.root={args.data}"] if args.data else []) + strategy
+            if args.init_from:
+                overrides.append(f"model.init_from={args.init_from}")
+            if args.dataset:
+                from keras_caltech.data.download import download_dataset
+                overrides.append(f"data.root={download_dataset(args.dataset, DOWNLOAD_DIR)}")
+            config = load_config(args.config or DEFAULT_CONFIG, overrides)
+            if args.dry_run:
+                trainer.dry_run(config)
+                return 0
+            summary = trainer.train(config, args.output_dir)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except TrainingInterrupted as interrupted:
+        print(f"stopped: {interrupted}", file=sys.stderr)
+        return 130
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130

@@ -109,6 +109,10 @@ class TrainConfig:
     fine_tune_learning_rate: float = 1e-4  # phase 2's rate, with the same schedule
     seed: int = 0
     tensorboard: bool = True
+    strategy: str = "auto"  # auto | one | mirrored | multiworker (see training/distribute.py)
+    precision: str = "float32"  # float32 | mixed_float16 (GPUs) | mixed_bfloat16 (CPUs with bfloat16 support)
+    jit_compile: bool = False  # compile the training step with XLA
+    deterministic: bool = False  # deterministic ops: a resumed run matches an uninterrupted one bit for bit
 
 
 @dataclasses.dataclass(frozen=True)
@@ -233,6 +237,23 @@ def _set_dotted(values, assignment):
         target[keys[-1]] = raw
 
 
+# Values below these would fail deep inside TensorFlow (a batch of 0 images) or train nothing.
+_AT_LEAST_ONE = ("data.image_size", "data.batch_size", "train.epochs", "train.step_epochs")
+_FRACTIONS = ("data.test_fraction", "data.val_fraction")  # shares in [0, 1)
+
+
+def _check_ranges(config):
+    """Raises UserError naming the dotted path of a number outside its range."""
+    for dotted in _AT_LEAST_ONE + _FRACTIONS:
+        section, key = dotted.split(".")
+        value = getattr(getattr(config, section), key)
+        if dotted in _AT_LEAST_ONE and value < 1:
+            raise UserError(f"{dotted} must be at least 1. Received: {value}")
+        if dotted in _FRACTIONS and not 0 <= value < 1:
+            raise UserError(f"{dotted} must be a fraction in [0, 1). Received: {value}")
+    return config
+
+
 def load_config(path=None, overrides=()):
     """Loads a YAML config over the defaults and applies ``section.key=value`` overrides.
 
@@ -244,20 +265,29 @@ def load_config(path=None, overrides=()):
         A frozen :class:`Config`.
 
     Raises:
-        UserError: missing file, bad YAML, unknown key or wrongly typed value.
+        UserError: missing or unreadable file, bad YAML, unknown key, wrongly typed or
+            out-of-range value.
     """
     values = {}
     if path is not None:
         path = pathlib.Path(path)
+        if path.is_dir():
+            raise UserError(f"--config expects a YAML file, received a directory: {path}. "
+                            "Pass one of its .yaml files")
         if not path.is_file():
             raise UserError(f"config file not found: {path}")
         try:
             values = yaml.safe_load(path.read_text()) or {}
+        except PermissionError:
+            raise UserError(f"cannot read config file {path}: permission denied. "
+                            f"Make it readable (chmod u+r {path})")
+        except UnicodeDecodeError:
+            raise UserError(f"config file {path} is not a text file (YAML expected)")
         except yaml.YAMLError as error:
             raise UserError(f"config file {path} is not valid YAML: {str(error).splitlines()[0]}")
     for assignment in overrides:
         _set_dotted(values, assignment)
-    return _build(Config, values, "")
+    return _check_ranges(_build(Config, values, ""))
 
 
 def save_config(config, path):

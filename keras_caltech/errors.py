@@ -7,3 +7,16 @@ else is a bug and keeps its traceback.
 
 class UserError(ValueError):
     """Bad input from the user: a path, an option, a config value, a dataset."""
+
+
+class TrainingInterrupted(Exception):
+    """Ctrl-C stopped training after its run folder existed, so the run can be resumed.
+
+    Attributes:
+        run_dir: the run folder to pass to ``python train.py --resume``.
+    """
+
+    def __init__(self, run_dir):
+        self.run_dir = run_dir
+        super().__init__(f"interrupted. Continue from the last completed epoch with: "
+                         f"python train.py --resume {run_dir}")

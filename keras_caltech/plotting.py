@@ -1,6 +1,8 @@
 """Every figure the project draws, in one place (matplotlib, no screen needed)."""
 
 import csv
+import os
+import pathlib
 
 import matplotlib
 import numpy as np
@@ -26,8 +28,19 @@ def plot_curves(history_csv, output_path):
         axis.set_title(title)
         axis.grid(alpha=0.3)
         axis.legend()
+    return _save(figure, output_path)
+
+
+def _save(figure, output_path):
+    """Writes ``figure`` as a PNG through a temporary name and an atomic rename, then closes it.
+
+    A killed run never leaves half a PNG in its run folder.
+    """
     figure.tight_layout()
-    figure.savefig(output_path, dpi=100)
+    output_path = pathlib.Path(output_path)
+    temporary = output_path.with_name(f".{output_path.stem}.tmp{output_path.suffix}")
+    figure.savefig(temporary, dpi=100)
+    os.replace(temporary, output_path)
     plt.close(figure)
     return output_path
 
@@ -86,10 +99,7 @@ def plot_confusion_matrix(matrix, class_names, output_path, *, title="Confusion 
     axis.set_xlabel(f"predicted class{index_note}")
     axis.set_ylabel(f"true class{index_note}")
     axis.set_title(title)
-    figure.tight_layout()
-    figure.savefig(output_path, dpi=100)
-    plt.close(figure)
-    return output_path
+    return _save(figure, output_path)
 
 
 def plot_per_class_accuracy(per_class_accuracy, output_path, *, worst=25, title="Worst classes"):
@@ -121,7 +131,4 @@ def plot_per_class_accuracy(per_class_accuracy, output_path, *, worst=25, title=
     axis.set_title(f"{title} ({len(shown)} of {len(present)})")
     axis.legend(loc="upper right", fontsize=8)  # the worst (shortest) bars are at the top
     axis.grid(axis="x", alpha=0.3)
-    figure.tight_layout()
-    figure.savefig(output_path, dpi=100)
-    plt.close(figure)
-    return output_path
+    return _save(figure, output_path)

@@ -7,7 +7,7 @@ import tensorflow as tf
 
 from keras_caltech.config import AugmentConfig
 from keras_caltech.data import pipeline, scan
-from keras_caltech.data.augment import build_augmenter, load_size
+from keras_caltech.data.augment import augment_batch, build_augmenter, load_size
 from keras_caltech.data.splits import stratified_split
 
 
@@ -43,27 +43,48 @@ def test_broken_files_never_reach_an_epoch(messy_dataset, tmp_path):
     root, usable, _ = messy_dataset
     result = scan.scan_dataset(root)
     view = pipeline.materialize_split(result.root, result.files, result.class_names, tmp_path / "view")
-    dataset = pipeline.make_dataset(view, result.class_names, 24, 5, training=True,
-                                    augmenter=build_augmenter(AugmentConfig(), 24))
-    for _ in range(2):  # two full epochs, every file decoded
-        count = sum(int(images.shape[0]) for images, _ in dataset)
-        assert count == len(result.files)
-    for images, _ in dataset:
+    batches = pipeline.EpochBatches(view, result.class_names, 24, 5, augmenter=build_augmenter(AugmentConfig(), 24))
+    for epoch in range(2):  # two full epochs, every file decoded
+        count = sum(int(images.shape[0]) for images, _ in batches(epoch))
+        assert count == len(result.files) and len(batches) == -(-count // 5)
+    for images, _ in batches(0):
         assert images.shape[1:] == (24, 24, 3) and np.isfinite(images.numpy()).all()
 
 
 @pytest.mark.parametrize("cache", ["none", "memory"])
-def test_training_order_changes_every_epoch_and_repeats_for_a_seed(test_view, cache):
+def test_each_epoch_is_a_function_of_seed_and_epoch_alone(test_view, cache):
+    """A resumed run rebuilds epoch k without replaying epochs 0..k-1: same order, same flips."""
     result, _, view = test_view
 
-    def two_epochs():
-        dataset = pipeline.make_dataset(view, result.class_names, 16, 100, training=True, seed=3, cache=cache)
-        return [np.concatenate([labels.numpy() for _, labels in dataset]).tolist() for _ in range(2)]
+    def epoch(batches, index):
+        pairs = [(images.numpy(), labels.numpy()) for images, labels in batches(index)]
+        return np.concatenate([images for images, _ in pairs]), np.concatenate([labels for _, labels in pairs])
 
-    first, second = two_epochs()
-    assert sorted(first) == sorted(second) and first != second
-    assert first != sorted(first)  # not class by class
-    assert two_epochs() == [first, second]
+    def make(seed):
+        return pipeline.EpochBatches(view, result.class_names, 16, 3, seed=seed, cache=cache,
+                                     augmenter=build_augmenter(AugmentConfig(horizontal_flip=True), 16, seed=seed))
+
+    first = make(3)
+    epoch0, epoch1 = epoch(first, 0), epoch(first, 1)
+    assert sorted(epoch0[1]) == sorted(epoch1[1]) and not np.array_equal(epoch0[1], epoch1[1])
+    assert epoch0[1].tolist() != sorted(epoch0[1].tolist())  # not class by class
+    fresh = make(3)  # a new process's view of the run: epoch 1 first, never epoch 0
+    for expected, received in zip(epoch1, epoch(fresh, 1)):
+        np.testing.assert_array_equal(received, expected)
+    for expected, received in zip(epoch0, epoch(fresh, 0)):
+        np.testing.assert_array_equal(received, expected)
+    assert not np.array_equal(epoch(make(4), 1)[1], epoch1[1])
+
+
+def test_keyed_augmentation_is_the_same_eagerly_and_inside_tf_data_and_varies_with_the_key():
+    augmenter = build_augmenter(ALL_AUGMENTATIONS, 32, seed=1)
+    images = np.random.default_rng(0).uniform(0, 255, size=(4, 40, 40, 3)).astype(np.float32)
+    key = tf.constant([7, 2], tf.int64)
+    eager = augment_batch(augmenter, images, key).numpy()
+    mapped = next(iter(tf.data.Dataset.from_tensors(images).map(lambda batch: augment_batch(augmenter, batch, key))))
+    np.testing.assert_allclose(mapped.numpy(), eager, atol=1e-3)
+    np.testing.assert_array_equal(augment_batch(augmenter, images, key).numpy(), eager)  # no hidden state
+    assert not np.allclose(augment_batch(augmenter, images, tf.constant([7, 3], tf.int64)).numpy(), eager)
 
 
 def test_unknown_cache_mode_lists_the_valid_ones(test_view):

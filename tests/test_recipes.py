@@ -20,12 +20,11 @@ from PIL import Image
 import train
 from keras_caltech.config import load_config
 from keras_caltech.data.augment import build_augmenter
-from keras_caltech.data.pipeline import load_image, materialize_split
-from keras_caltech.data.sampling import make_balanced_dataset
+from keras_caltech.data.pipeline import EpochBatches, load_image, materialize_split
 from keras_caltech.errors import UserError
 from keras_caltech.training.optim import AdamWithL2, SGDWithL2, make_optimizer
-from keras_caltech.training.recipes import (build_batch_mixer, check_recipe, class_weights,
-                                            loss_and_metrics, with_class_probabilities)
+from keras_caltech.training.recipes import (batch_transform, build_batch_mixer, check_recipe, class_weights,
+                                            loss_and_metrics)
 
 TINY = ["--set", "data.image_size=32", "--set", "data.batch_size=8", "--set", "train.epochs=1",
         "--set", "data.cache_dir=", "--set", "train.tensorboard=false", "--set", "export.enabled=false"]
@@ -167,6 +166,15 @@ def constant_images(values, size=16):
 VALUES = np.array([0.0, 30.0, 60.0, 90.0, 120.0, 150.0, 180.0, 210.0], "float32")
 
 
+def mixed_in_tf_data(mixer, dataset, num_classes):
+    """Mixes a batched (images, int labels) dataset inside tf.data, batch i keyed by (0, i)."""
+    def mix(index, batch):
+        images, labels = batch
+        return mixer(images, tf.one_hot(labels, num_classes), tf.stack([tf.constant(0, tf.int64), index]))
+
+    return list(dataset.enumerate().map(mix).as_numpy_iterator())
+
+
 @pytest.mark.parametrize("kind, tolerance", [("mixup", 1e-3), ("cutmix", 0.08 * 210)])
 @pytest.mark.parametrize("inside_tf_data", [False, True], ids=["eager", "tf.data"])
 def test_mixed_labels_give_each_source_image_its_share_of_the_mixed_pixels(kind, tolerance, inside_tf_data):
@@ -177,10 +185,11 @@ def test_mixed_labels_give_each_source_image_its_share_of_the_mixed_pixels(kind,
     images, labels = constant_images(VALUES, size=32), np.arange(8)
     if inside_tf_data:
         dataset = tf.data.Dataset.from_tensor_slices((images, labels)).batch(8).repeat(4)
-        batches = list(with_class_probabilities(dataset, 8, mixer).as_numpy_iterator())
+        batches = mixed_in_tf_data(mixer, dataset, 8)
     else:
-        batches = [tuple(np.asarray(part) for part in mixer(tf.constant(images), tf.one_hot(labels, 8)))
-                   for _ in range(4)]
+        batches = [tuple(np.asarray(part) for part in mixer(tf.constant(images), tf.one_hot(labels, 8),
+                                                            tf.constant([0, index], tf.int64)))
+                   for index in range(4)]
     mixed_rows = 0
     for mixed_images, mixed_labels in batches:
         assert mixed_images.shape == images.shape and mixed_labels.shape == (8, 8)
@@ -190,16 +199,21 @@ def test_mixed_labels_give_each_source_image_its_share_of_the_mixed_pixels(kind,
     assert mixed_rows > 0  # the batches were actually mixed
 
 
-def test_with_both_mixers_each_batch_gets_one_of_them():
+def test_with_both_mixers_each_batch_gets_one_of_them_as_its_key_decides():
     augment = load_config(None, ["augment.mixup_alpha=0.4", "augment.cutmix_alpha=1.0"]).augment
     mixer = build_batch_mixer(augment, num_classes=8, seed=0)
     dataset = tf.data.Dataset.from_tensor_slices((constant_images(VALUES), np.arange(8))).batch(8).repeat(12)
+    batches = mixed_in_tf_data(mixer, dataset, 8)
     kinds = set()
-    for images, _ in with_class_probabilities(dataset, 8, mixer).as_numpy_iterator():
+    for images, _ in batches:
         # CutMix pastes pixels (each pixel is one of VALUES); MixUp blends them.
         pasted = np.isin(images, VALUES).all()
         kinds.add("cutmix" if pasted else "mixup")
     assert kinds == {"mixup", "cutmix"}
+    # Keyed, not stateful: the same keys mix the same way again (a resumed run replays its batches).
+    for (images, labels), (again_images, again_labels) in zip(batches, mixed_in_tf_data(mixer, dataset, 8)):
+        np.testing.assert_array_equal(again_images, images)
+        np.testing.assert_array_equal(again_labels, labels)
 
 
 def test_no_mixing_is_configured_by_default():
@@ -257,6 +271,20 @@ def test_balanced_class_weights_are_n_over_classes_times_count():
     assert class_weights(labels, 3, "none") is None
 
 
+@pytest.mark.parametrize("overrides", [[], ["augment.mixup_alpha=0.4"]], ids=["int labels", "mixed labels"])
+def test_class_weights_reach_the_loss_as_each_examples_sample_weight(overrides):
+    # fit(class_weight=...) weights each example by its label's largest entry; so does the pipeline.
+    config = load_config(None, ["train.class_weight=balanced", *overrides])
+    transform = batch_transform(config, 3, {0: 0.5, 1: 2.0, 2: 1.0})
+    images, labels = constant_images([0.0, 60.0, 120.0, 180.0]), tf.constant([0, 1, 2, 1], tf.int32)
+    _, batch_labels, weights = (np.asarray(part) for part in transform(images, labels, tf.constant([0, 1], tf.int64)))
+    classes = batch_labels.argmax(axis=1) if batch_labels.ndim == 2 else batch_labels
+    np.testing.assert_allclose(weights, np.array([0.5, 2.0, 1.0])[classes])
+    if not overrides:
+        np.testing.assert_allclose(weights, [0.5, 2.0, 1.0, 2.0])
+    assert batch_transform(load_config(None), 3, None) is None  # plain batches stay (images, labels)
+
+
 def test_class_weights_need_every_class_in_the_training_split():
     with pytest.raises(UserError, match="class\\(es\\) 1 have none"):
         class_weights([0, 0, 2], 3)
@@ -278,10 +306,10 @@ def imbalanced_view(tmp_path):
 
 def test_balanced_sampling_draws_both_classes_equally_with_the_right_images(imbalanced_view):
     view, class_names = imbalanced_view
-    dataset = make_balanced_dataset(view, class_names, 8, batch_size=5, seed=0)
+    batches = EpochBatches(view, class_names, 8, 5, seed=0, balanced=True)
     labels = []
-    for _ in range(10):  # 10 epochs of 20 images (the split's size) each
-        epoch = [(images.numpy(), batch_labels.numpy()) for images, batch_labels in dataset]
+    for index in range(10):  # 10 epochs of 20 images (the split's size) each
+        epoch = [(images.numpy(), batch_labels.numpy()) for images, batch_labels in batches(index)]
         assert sum(len(batch_labels) for _, batch_labels in epoch) == 20
         for images, batch_labels in epoch:
             assert images.shape[1:] == (8, 8, 3) and batch_labels.dtype == np.int32
@@ -289,9 +317,12 @@ def test_balanced_sampling_draws_both_classes_equally_with_the_right_images(imba
             np.testing.assert_array_equal(images[..., 2].mean(axis=(1, 2)) > 127, batch_labels == 1)
             labels.extend(batch_labels)
     assert 0.35 < np.mean(labels) < 0.65  # unbalanced, the rare class would be 10%
+    # Each epoch's draws are a function of (seed, epoch): a resumed run draws them again.
+    again = np.concatenate([batch_labels for _, batch_labels in batches(9).as_numpy_iterator()])
+    np.testing.assert_array_equal(again, labels[-20:])
     # Decoded and resized exactly as the rest of the pipeline does.
     expected = load_image(next((view / "002.rare").iterdir()), 8)
-    blue = next(images[labels_ == 1][0] for images, labels_ in dataset.as_numpy_iterator() if (labels_ == 1).any())
+    blue = next(images[labels_ == 1][0] for images, labels_ in batches(0).as_numpy_iterator() if (labels_ == 1).any())
     np.testing.assert_array_equal(blue, expected)
 
 

@@ -1,13 +1,12 @@
 """Training-split augmentation built from Keras preprocessing layers.
 
 Augmentation runs in the tf.data pipeline on training batches only, never inside the
-model, so evaluation and the exported serving graph cannot contain it.
+model, so evaluation and the exported serving graph cannot contain it. Its randomness
+is keyed per batch (:func:`augment_batch`), so a resumed run replays it exactly.
 """
 
 import keras
-
-# Random-resized-crop: core Keras has no such layer, keras-cv does.
-import keras_cv
+import tensorflow as tf
 
 from keras_caltech.errors import UserError
 
@@ -28,6 +27,9 @@ def build_augmenter(augment, image_size, seed=0):
     _check_ranges(augment)
     steps = []
     if augment.random_resized_crop:
+        # Core Keras has no random-resized-crop; keras-cv does (imported only when used: it is slow to load).
+        import keras_cv
+
         steps.append(keras_cv.layers.RandomCropAndResize(
             target_size=(image_size, image_size), crop_area_factor=(augment.crop_area_min, 1.0),
             aspect_ratio_factor=(3 / 4, 4 / 3), seed=seed + 1, name="random_resized_crop"))
@@ -90,3 +92,43 @@ def _check_ranges(augment):
         value = getattr(augment, name)
         if not 0.0 <= value <= 1.0:
             raise UserError(f"augment.{name} must be between 0 and 1. Received: {value}")
+
+
+def keyed_randomness(layers, key):
+    """A ``keras.StatelessScope`` in which ``layers`` draw their random numbers from ``key``.
+
+    Keras' random layers draw from seed-generator variables that advance with every
+    call; in a parallel tf.data map the calls race, so which batch gets which draw
+    depends on thread timing, and a resumed run could not replay it. Inside this scope
+    each layer's generator state is replaced, for the calls made in it only, by a seed
+    folded from ``key`` (the variables themselves never change), so the draws are a
+    function of ``key`` alone. Only the layers' own generators are keyed (RandAugment
+    draws for its sub-layers from its own); keras-cv's RandomCropAndResize draws from a
+    tf.random.Generator instead and stays unkeyed.
+
+    Args:
+        layers: Keras preprocessing layers (an augmenter's, MixUp, CutMix).
+        key: int64 (2,) tensor.
+    """
+    key = tf.cast(key, tf.int64)
+    generators = [value for layer in layers for value in vars(layer).values()
+                  if isinstance(value, keras.random.SeedGenerator)]
+    states = [(generator.state, tf.cast(tf.random.experimental.stateless_fold_in(key, index),
+                                        generator.state.dtype))
+              for index, generator in enumerate(generators)]
+    return keras.StatelessScope(state_mapping=states)
+
+
+def augment_batch(augmenter, images, key):
+    """Applies ``augmenter`` to one batch with its random draws fixed by ``key`` (see :func:`keyed_randomness`).
+
+    Args:
+        augmenter: a model from :func:`build_augmenter`.
+        images: float32 (batch, load, load, 3), 0-255.
+        key: int64 (2,) tensor, e.g. (epoch seed, batch index).
+
+    Returns:
+        float32 (batch, image_size, image_size, 3), 0-255: a function of (key, images) alone.
+    """
+    with keyed_randomness(augmenter.layers, key):
+        return augmenter(images, training=True)

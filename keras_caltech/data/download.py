@@ -109,7 +109,14 @@ def download_dataset(name, dest_dir, *, url=None, progress=True):
     dest_dir = pathlib.Path(dest_dir)
     if dest_dir.exists() and not dest_dir.is_dir():
         raise UserError(f"the download folder {dest_dir} is a file. Pass a folder path instead.")
-    dest_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        dest_dir.mkdir(parents=True, exist_ok=True)
+    except PermissionError:
+        raise UserError(f"cannot create the download folder {dest_dir}: permission denied. "
+                        "Download somewhere you can write, or pass an extracted dataset with --data.")
+    if not os.access(dest_dir, os.W_OK | os.X_OK):
+        raise UserError(f"cannot write to the download folder {dest_dir}: permission denied. "
+                        "Download somewhere you can write, or pass an extracted dataset with --data.")
 
     root = dest_dir / source.archive_root
     if (root / COMPLETE_MARKER).is_file():

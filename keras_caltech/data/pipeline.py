@@ -4,7 +4,11 @@ A split is materialised as a folder of symbolic links to the scanned, decodable 
 (``split_view/<split>/<class>/<file>``), and ``image_dataset_from_directory`` reads that
 folder: it never meets a broken file, its labels follow our class order, and the split
 stays exactly the saved file list. On top: optional cache of decoded, resized images,
-shuffling, batching, training-only augmentation, prefetch.
+batching in file order and prefetch (:func:`make_dataset`, for evaluation and statistics).
+
+Training data is :class:`EpochBatches`: each epoch's order, augmentation and batch
+mixing are a function of (seed, epoch) alone, so a resumed run replays exactly the
+batches an uninterrupted one sees.
 
 One source of truth for preprocessing: every image the project feeds a model, in
 training, evaluation, explanation or serving, is decoded by ``tf.io.decode_image``
@@ -21,6 +25,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_caltech.data.augment import augment_batch
+from keras_caltech.data.sampling import balanced_order
 from keras_caltech.errors import UserError
 
 # Normalization modes: (mean, std) per RGB channel in 0-1 units; "dataset" is computed.
@@ -94,64 +100,163 @@ def _int32_labels(image, label):
     return image, tf.cast(label, tf.int32)
 
 
-def make_dataset(view_dir, class_names, image_size, batch_size, *, training=False, augmenter=None,
-                 cache="none", cache_path=None, seed=0, load_size=None):
-    """Builds the batched tf.data pipeline for one split view.
+def make_dataset(view_dir, class_names, image_size, batch_size, *, cache="none", cache_path=None,
+                 load_size=None):
+    """Builds the batched pipeline of one split view in file order, unaugmented (evaluation, statistics).
 
     Args:
         view_dir: a folder made by :func:`materialize_split`.
         class_names: class folder names in label order.
         image_size: side of the square images the model takes.
         batch_size: images per batch.
-        training: shuffle each epoch and apply ``augmenter``.
-        augmenter: a callable on (batch, load_size, load_size, 3) 0-255 images returning
-            (batch, image_size, image_size, 3), or None.
-        cache: "none", "memory" or "disk" (decoded, resized float32 images, before
-            augmentation; memory costs images x size^2 x 12 bytes, so use "disk" for
-            Caltech-256 at 224 px).
+        cache: "none", "memory" or "disk" (decoded, resized float32 images; memory costs
+            images x size^2 x 12 bytes, so use "disk" for Caltech-256 at 224 px).
         cache_path: file prefix for the disk cache.
-        seed: shuffling seed.
-        load_size: side to decode and resize to before augmentation (e.g. 256 for a
-            random 224 crop); defaults to ``image_size``.
+        load_size: side to decode and resize to (e.g. larger for test-time crops);
+            defaults to ``image_size``.
 
     Returns:
         A tf.data.Dataset of (images float32 (batch, size, size, 3) 0-255, labels int32 (batch,)),
-        with attribute ``file_paths``: the view's files in dataset order when not training
+        class by class, with attribute ``file_paths``: the view's files in dataset order
         (as on the dataset ``image_dataset_from_directory`` returns).
     """
-    if cache not in CACHE_MODES:
-        raise UserError(f"data.cache must be one of {', '.join(CACHE_MODES)}. Received: {cache!r}")
+    _check_cache_mode(cache)
     load_size = load_size or image_size
-    # With shuffle=True, image_dataset_from_directory permutes the whole file list once
-    # (seeded) and then reshuffles paths in a 1024-wide window each epoch, before
-    # decoding: a uniform order without holding decoded images in a huge buffer.
     dataset = keras.utils.image_dataset_from_directory(
         view_dir, labels="inferred", label_mode="int", class_names=class_names,
-        batch_size=None, image_size=(load_size, load_size), shuffle=training, seed=seed,
+        batch_size=None, image_size=(load_size, load_size), shuffle=False,
         interpolation="bilinear", verbose=False)
     file_paths = dataset.file_paths
-    num_images = len(file_paths)
-    if num_images == 0:
+    if not file_paths:
         raise UserError(f"split folder {view_dir} holds no images")
-    dataset = dataset.map(_int32_labels)
-    if cache == "memory":
-        dataset = dataset.cache()
-    elif cache == "disk":
-        pathlib.Path(cache_path).parent.mkdir(parents=True, exist_ok=True)
-        dataset = dataset.cache(str(cache_path))
-    if training and cache != "none":
-        # A cache replays its first pass in order; reshuffle the decoded images on top.
-        dataset = dataset.shuffle(min(num_images, CACHED_SHUFFLE_BUFFER), seed=seed,
-                                  reshuffle_each_iteration=True)
-    dataset = dataset.batch(batch_size)
-    if training and augmenter is not None:
-        def augment(images, labels):
-            return augmenter(images, training=True), labels
-
-        dataset = dataset.map(augment, num_parallel_calls=tf.data.AUTOTUNE)
-    dataset = dataset.prefetch(tf.data.AUTOTUNE)
+    dataset = _cached(dataset.map(_int32_labels), cache, cache_path)
+    dataset = dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
     dataset.file_paths = file_paths  # evaluation maps each prediction back to its image
     return dataset
+
+
+def _check_cache_mode(cache):
+    if cache not in CACHE_MODES:
+        raise UserError(f"data.cache must be one of {', '.join(CACHE_MODES)}. Received: {cache!r}")
+
+
+def _cached(dataset, cache, cache_path):
+    """``dataset`` behind a memory or disk cache, as ``data.cache`` asks."""
+    if cache == "memory":
+        return dataset.cache()
+    if cache == "disk":
+        pathlib.Path(cache_path).parent.mkdir(parents=True, exist_ok=True)
+        return dataset.cache(str(cache_path))
+    return dataset
+
+
+def epoch_seed(seed, epoch):
+    """The seed of one epoch's order and augmentation, derived from the run's seed."""
+    return (seed * 1_000_003 + epoch) % (2 ** 31 - 1)
+
+
+class EpochBatches:
+    """The training split's batches, one dataset per epoch, each a pure function of (seed, epoch).
+
+    tf.data's ``shuffle(reshuffle_each_iteration=True)`` draws the k-th epoch's order from
+    how many times the dataset object has been iterated, and Keras' random layers from
+    seed variables that advance with every call; a resumed process would restart both
+    from zero. Here epoch k is ordered with its own seed, and every batch's random draws
+    (augmentation, then ``transform``'s) are keyed by (epoch seed, batch index), so a
+    resumed run sees exactly the batches an uninterrupted one does.
+
+    The order: without a cache, the file names are permuted (a full shuffle that costs
+    only strings) and images are decoded as they come; with ``balanced``, the file names
+    are drawn class by class (data/sampling.py). With a cache, the images are decoded
+    once, in an order fixed by the seed, and reshuffled in a window of
+    ``CACHED_SHUFFLE_BUFFER`` images each epoch (a full shuffle would hold a second copy
+    of every decoded image).
+
+    Args:
+        view_dir: a folder made by :func:`materialize_split`.
+        class_names: class folder names in label order.
+        image_size: side of the square images the model takes.
+        batch_size: images per batch.
+        augmenter: a Keras augmenter (see data/augment.py) mapping (batch, load_size,
+            load_size, 3) 0-255 images to (batch, image_size, image_size, 3), or None.
+        transform: ``transform(images, labels, key) -> batch``, applied last to every
+            batch, its random draws keyed by ``key`` (int64 (2,)); the recipes' one-hot
+            labels, MixUp/CutMix and class weights (training/recipes.py). None: the
+            batch stays (images, labels).
+        cache: "none", "memory" or "disk" (decoded, resized images; before augmentation).
+        cache_path: file prefix for the disk cache.
+        seed: the run's seed.
+        load_size: side to decode and resize to before augmentation (e.g. 256 for a
+            random 224 crop); defaults to ``image_size``.
+        balanced: draw every class equally often (data/sampling.py); images are decoded
+            as drawn, so ``cache`` does not apply.
+
+    Calling ``batches(epoch)`` returns a tf.data.Dataset of (images float32 (batch, size,
+    size, 3) 0-255, labels int32 (batch,)), or whatever ``transform`` returns;
+    ``len(batches)`` is the number of batches per epoch.
+
+    Raises:
+        UserError: unknown cache mode, an empty split, or (balanced) a class without images.
+    """
+
+    def __init__(self, view_dir, class_names, image_size, batch_size, *, augmenter=None, transform=None,
+                 cache="none", cache_path=None, seed=0, load_size=None, balanced=False):
+        _check_cache_mode(cache)
+        view_dir = pathlib.Path(view_dir)
+        files = [sorted(str(path) for path in (view_dir / name).iterdir()) for name in class_names]
+        self.paths = np.array([path for paths in files for path in paths])
+        self.labels = np.array([label for label, paths in enumerate(files) for _ in paths], np.int32)
+        if not len(self.paths):
+            raise UserError(f"split folder {view_dir} holds no images")
+        empty = [name for name, paths in zip(class_names, files) if not paths]
+        if balanced and empty:
+            raise UserError(f"balanced sampling needs training images of every class; "
+                            f"{', '.join(empty[:5])} ha{'s' if len(empty) == 1 else 've'} none in {view_dir}")
+        self.num_classes = len(class_names)
+        self.batch_size, self.augmenter, self.transform = batch_size, augmenter, transform
+        self.seed, self.balanced = seed, balanced
+        self.load_size = load_size or image_size
+        self.decoded = None
+        if cache != "none" and not balanced:
+            # Shared by every epoch's dataset: decoded once, in one fixed random order (a
+            # window of the class-by-class file order would hold only a few classes).
+            order = np.random.default_rng(seed).permutation(len(self.paths))
+            self.decoded = _cached(self._decode(self.paths[order], self.labels[order]), cache, cache_path)
+
+    def __len__(self):
+        return -(-len(self.paths) // self.batch_size)
+
+    def _decode(self, paths, labels):
+        """(image float32 (load, load, 3) 0-255, label int32) of each file, decoded as in image_dataset_from_directory."""
+        def load(path, label):
+            return decode_and_resize(tf.io.read_file(path), self.load_size), label
+
+        return tf.data.Dataset.from_tensor_slices((paths, labels)).map(load, num_parallel_calls=tf.data.AUTOTUNE)
+
+    def __call__(self, epoch):
+        seed = epoch_seed(self.seed, epoch)
+        if self.decoded is not None:
+            examples = self.decoded.shuffle(min(len(self.paths), CACHED_SHUFFLE_BUFFER), seed=seed,
+                                            reshuffle_each_iteration=False)
+        else:
+            order = (balanced_order(self.labels, self.num_classes, seed) if self.balanced
+                     else np.random.default_rng(seed).permutation(len(self.paths)))
+            examples = self._decode(self.paths[order], self.labels[order])
+        dataset = examples.batch(self.batch_size)
+        if self.augmenter is not None or self.transform is not None:
+            def finish(index, batch):
+                images, labels = batch
+                key = tf.stack([tf.constant(seed, tf.int64), index])  # (2,): this batch's randomness
+                # Independent streams for the augmentation and the transform.
+                augment_key, transform_key = tf.unstack(tf.random.experimental.stateless_split(key, 2))
+                if self.augmenter is not None:
+                    images = augment_batch(self.augmenter, images, augment_key)
+                if self.transform is None:
+                    return images, labels
+                return self.transform(images, labels, transform_key)
+
+            dataset = dataset.enumerate().map(finish, num_parallel_calls=tf.data.AUTOTUNE)
+        return dataset.prefetch(tf.data.AUTOTUNE)
 
 
 def channel_statistics(dataset, max_batches=None):

@@ -10,6 +10,20 @@ from keras import layers
 from keras_caltech.models.layers import FusedBatchNormalization
 
 
+def batch_norm(name):
+    """The BatchNormalization of every architecture trained from scratch, synchronized across replicas.
+
+    Under a multi-replica tf.distribute strategy each replica sees 1/N of the global
+    batch; synchronized statistics cover the whole global batch, so N replicas train as
+    one device does (training/distribute.py). On one device it is the same normalization
+    (computed as E[x^2] - E[x]^2, in float32 even under mixed precision). The
+    ``keras.applications`` backbones keep their own BatchNorm layers: transfer keeps
+    them frozen, in inference mode, where no batch statistics are computed. On one
+    replica it runs TensorFlow's fused kernel (models/layers.FusedBatchNormalization).
+    """
+    return FusedBatchNormalization(synchronized=True, name=name)
+
+
 def conv_bn_relu(x, filters, name, kernel_size=3, strides=1):
     """Conv (no bias: BatchNorm adds one) -> BatchNorm -> ReLU, named ``{name}_conv/_bn/_relu``.
 
@@ -25,7 +39,7 @@ def conv_bn_relu(x, filters, name, kernel_size=3, strides=1):
     """
     x = layers.Conv2D(filters, kernel_size, strides=strides, padding="same", use_bias=False,
                       name=f"{name}_conv")(x)
-    x = FusedBatchNormalization(name=f"{name}_bn")(x)
+    x = batch_norm(f"{name}_bn")(x)
     return layers.ReLU(name=f"{name}_relu")(x)
 
 
@@ -45,4 +59,4 @@ def pooled_classifier(x, num_classes, dropout):
     """
     x = layers.GlobalAveragePooling2D(name="head_pool")(x)  # (batch, channels)
     x = layers.Dropout(dropout, name="head_dropout")(x)
-    return layers.Dense(num_classes, name="logits")(x)
+    return layers.Dense(num_classes, dtype="float32", name="logits")(x)  # float32 under mixed precision

@@ -46,7 +46,7 @@ def build_improved_cnn(x, num_classes, *, dropout=0.5):
     x = layers.Dropout(dropout, name="fc1_dropout")(x)
     x = layers.Dense(512, activation="relu", name="fc1")(x)
     x = layers.Dropout(dropout, name="logits_dropout")(x)
-    return layers.Dense(num_classes, name="logits")(x)
+    return layers.Dense(num_classes, dtype="float32", name="logits")(x)  # float32 under mixed precision
 
 
 def _small_cnn(x, num_classes, conv_filters, pool_after, dropout):
@@ -76,7 +76,7 @@ def _small_cnn(x, num_classes, conv_filters, pool_after, dropout):
     x = layers.Flatten(name="flatten")(x)
     x = layers.Dense(128, activation="relu", name="fc1")(x)
     x = layers.Dropout(dropout, name="fc1_dropout")(x)
-    return layers.Dense(num_classes, name="logits")(x)
+    return layers.Dense(num_classes, dtype="float32", name="logits")(x)  # float32 under mixed precision
 
 
 # Minimum sizes: each "valid" 3x3 pool needs a 3x3 input. With conv1 giving

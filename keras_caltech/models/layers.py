@@ -57,7 +57,7 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
     224 px, batch 32; ``benchmarks/run.py``, README "Performance"). Same weights, same
     configuration and the same moving-average update as the Keras layer, so it is a
     drop-in replacement; anything the fused kernel does not cover (masks, renorm,
-    synchronized statistics, no scale or centre, an axis other than the last of a 4-D
+    statistics synchronized across replicas, no scale or centre, an axis other than the last of a 4-D
     input, another backend) goes through the Keras implementation.
 
     Input shape: (batch, height, width, channels). Output: same shape, compute dtype.
@@ -65,8 +65,17 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
 
     def _fusable(self, inputs, mask):
         return (keras.backend.backend() == "tensorflow" and mask is None and not self.renorm
-                and not self.synchronized and self.scale and self.center
+                and not self._cross_replica() and self.scale and self.center
                 and len(inputs.shape) == 4 and self.axis in (3, -1))
+
+    def _cross_replica(self):
+        """True when synchronized statistics must span several replicas (Keras' path)."""
+        if not self.synchronized:
+            return False
+        import tensorflow as tf
+
+        context = tf.distribute.get_replica_context()
+        return context is None or context.num_replicas_in_sync > 1
 
     def call(self, inputs, training=None, mask=None):
         if not self._fusable(inputs, mask):

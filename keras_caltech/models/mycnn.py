@@ -24,4 +24,4 @@ def build_mycnn(x, num_classes, *, dropout=0.5):
     x = layers.Flatten(name="flatten")(x)
     x = layers.Dense(512, activation="relu", name="fc1")(x)
     x = layers.Dropout(dropout, name="dropout")(x)
-    return layers.Dense(num_classes, name="logits")(x)
+    return layers.Dense(num_classes, dtype="float32", name="logits")(x)  # float32 under mixed precision

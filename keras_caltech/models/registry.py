@@ -7,7 +7,8 @@ Every model made by :func:`create_model`:
   training, evaluation, explanation and serving cannot disagree on preprocessing;
 - is one flat Functional graph (a pretrained backbone is built on our own tensor with
   ``input_tensor=``), so every layer is reachable for Grad-CAM;
-- returns logits (batch, num_classes) from a Dense layer named ``logits``;
+- returns logits (batch, num_classes) from a Dense layer named ``logits``, computed in
+  float32 (``dtype="float32"``) so that under mixed precision the loss is float32;
 - declares the name of its Grad-CAM layer, a 4-D feature map.
 
 A module adds an architecture with::
@@ -159,4 +160,9 @@ def create_model(name, num_classes, image_size, *, mean=(0.5, 0.5, 0.5), std=(0.
         logits = entry.build(x, num_classes, weights=weights, **options)
     else:
         logits = entry.build(x, num_classes, **options)
+    if logits.dtype != "float32":
+        # A bug in the builder, not a user error: the contract test catches it.
+        raise RuntimeError(f"model {name!r} returns {logits.dtype} logits under the "
+                           f"{keras.mixed_precision.global_policy().name} policy; build its logits layer "
+                           "with dtype='float32'")
     return keras.Model(inputs, logits, name=name)

@@ -19,8 +19,7 @@ output.
 
 from keras import layers
 
-from keras_caltech.models.blocks import conv_bn_relu, pooled_classifier
-from keras_caltech.models.layers import FusedBatchNormalization
+from keras_caltech.models.blocks import batch_norm, conv_bn_relu, pooled_classifier
 from keras_caltech.models.registry import register_model
 
 STAGE_FILTERS = (64, 128, 256, 512)
@@ -32,7 +31,7 @@ def _conv_bn(x, filters, kernel_size, name, strides=1):
     """Conv (no bias) -> BatchNorm, no activation: the last layer of a residual branch."""
     x = layers.Conv2D(filters, kernel_size, strides=strides, padding="same", use_bias=False,
                       name=f"{name}_conv")(x)
-    return FusedBatchNormalization(name=f"{name}_bn")(x)
+    return batch_norm(f"{name}_bn")(x)
 
 
 def _merge(x, shortcut, name):

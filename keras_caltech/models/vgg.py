@@ -44,4 +44,4 @@ def build_vgg5(x, num_classes, *, dropout=0.5):
     x = layers.Dropout(dropout, name="fc1_dropout")(x)
     x = layers.Dense(1024, activation="relu", name="fc2")(x)
     x = layers.Dropout(dropout, name="fc2_dropout")(x)
-    return layers.Dense(num_classes, name="logits")(x)
+    return layers.Dense(num_classes, dtype="float32", name="logits")(x)  # float32 under mixed precision

@@ -21,7 +21,7 @@ name its shortcut layers (``block4_residual_conv``), which Keras leaves unnamed.
 
 from keras import layers
 
-from keras_caltech.models.blocks import pooled_classifier
+from keras_caltech.models.blocks import batch_norm, pooled_classifier
 from keras_caltech.models.registry import register_model
 
 # Entry-flow blocks 2 and 3 keep Xception's widths; block 4 widens to the middle flow.
@@ -33,7 +33,7 @@ def _separable_bn(x, filters, name, activate_first=True):
     if activate_first:
         x = layers.ReLU(name=f"{name}_act")(x)
     x = layers.SeparableConv2D(filters, 3, padding="same", use_bias=False, name=name)(x)
-    return layers.BatchNormalization(name=f"{name}_bn")(x)
+    return batch_norm(f"{name}_bn")(x)
 
 
 def _downsampling_block(x, filters, block, activate_first=True):
@@ -50,7 +50,7 @@ def _downsampling_block(x, filters, block, activate_first=True):
     """
     residual = layers.Conv2D(filters[1], 1, strides=2, padding="same", use_bias=False,
                              name=f"block{block}_residual_conv")(x)
-    residual = layers.BatchNormalization(name=f"block{block}_residual_bn")(residual)
+    residual = batch_norm(f"block{block}_residual_bn")(residual)
     x = _separable_bn(x, filters[0], f"block{block}_sepconv1", activate_first)
     x = _separable_bn(x, filters[1], f"block{block}_sepconv2")
     x = layers.MaxPooling2D(3, strides=2, padding="same", name=f"block{block}_pool")(x)
@@ -73,10 +73,10 @@ def _xception(x, num_classes, *, middle_channels, middle_blocks, dropout):
     """
     # Block 1: unpadded convolutions, as in Xception: 299 -> 149 -> 147.
     x = layers.Conv2D(32, 3, strides=2, use_bias=False, name="block1_conv1")(x)
-    x = layers.BatchNormalization(name="block1_conv1_bn")(x)
+    x = batch_norm("block1_conv1_bn")(x)
     x = layers.ReLU(name="block1_conv1_act")(x)
     x = layers.Conv2D(64, 3, use_bias=False, name="block1_conv2")(x)
-    x = layers.BatchNormalization(name="block1_conv2_bn")(x)
+    x = batch_norm("block1_conv2_bn")(x)
     x = layers.ReLU(name="block1_conv2_act")(x)
 
     # Entry flow: three halvings, (batch, s, s, 64) -> (batch, s/8, s/8, middle_channels).

@@ -1,10 +1,11 @@
 """Callbacks of our own, where Keras has none that does the job."""
 
 import math
-import os
 import pathlib
 
 import keras
+
+from keras_caltech.training.run_folder import replaced_atomically
 
 
 class StopOnNonFiniteLoss(keras.callbacks.Callback):
@@ -37,6 +38,9 @@ class BestCheckpoint(keras.callbacks.Callback):
     save leaves a damaged "best" model behind. This one saves to a temporary file and
     renames it over the checkpoint, which is atomic on POSIX file systems.
 
+    In the trainer it runs after ``SaveTrainingState`` (see resume.py), which records the
+    improvement first: a run killed between the two is repaired on resume.
+
     Attributes:
         best: the best value seen so far (None before the first epoch).
         best_epoch: 1-based epoch of ``best``.
@@ -49,12 +53,25 @@ class BestCheckpoint(keras.callbacks.Callback):
         self.best = None
         self.best_epoch = None
 
+    def improved_value(self, logs):
+        """The monitored value of ``logs`` if it beats ``best`` (and is finite), else None.
+
+        An epoch whose training loss is not finite never counts: its weights are NaN,
+        even when the validation accuracy of their (arbitrary) predictions is a number.
+        """
+        logs = logs or {}
+        value, loss = logs.get(self.monitor), logs.get("loss")
+        if value is None or not math.isfinite(float(value)) or (loss is not None and not math.isfinite(float(loss))):
+            return None
+        return float(value) if self.best is None or float(value) > self.best else None
+
     def on_epoch_end(self, epoch, logs=None):
-        value = (logs or {}).get(self.monitor)
-        if value is None or not math.isfinite(float(value)):
-            return
-        if self.best is None or float(value) > self.best:
-            self.best, self.best_epoch = float(value), epoch + 1
-            temporary = self.path.with_name(f".{self.path.stem}.tmp.keras")
+        value = self.improved_value(logs)
+        if value is not None:
+            self.best, self.best_epoch = value, epoch + 1
+            self.save()
+
+    def save(self):
+        """Writes the model to ``path`` through a temporary file."""
+        with replaced_atomically(self.path) as temporary:
             self.model.save(temporary)
-            os.replace(temporary, self.path)

@@ -81,13 +81,16 @@ def make_optimizer(train, steps_per_epoch, *, epochs=None, learning_rate=None):
     return SGDWithL2(rate, momentum=train.momentum, nesterov=train.nesterov, l2=train.weight_decay)
 
 
-def _add_l2(optimizer, grads, trainable_variables):
-    """Returns ``grads`` with ``l2 * variable`` added (PyTorch's coupled weight decay)."""
+def _with_l2(optimizer, gradient, variable):
+    """``gradient + l2 * variable``: PyTorch's coupled weight decay.
+
+    Added in ``update_step``, which receives the gradient after it has been summed over
+    the replicas of a tf.distribute strategy, so the term counts once, not once per
+    replica (each replica's share of the loss is scaled by 1/replicas; this term is not).
+    """
     if not optimizer.l2:
-        return grads
-    variables = optimizer._trainable_variables if trainable_variables is None else trainable_variables
-    return [grad if grad is None else grad + optimizer.l2 * variable
-            for grad, variable in zip(grads, variables)]
+        return gradient
+    return gradient + optimizer.l2 * keras.ops.cast(variable, gradient.dtype)
 
 
 @keras.saving.register_keras_serializable(package="keras_caltech")
@@ -104,9 +107,9 @@ class SGDWithL2(keras.optimizers.SGD):
         super().__init__(learning_rate=learning_rate, **kwargs)
         self.l2 = float(l2)
 
-    def apply(self, grads, trainable_variables=None):
+    def update_step(self, gradient, variable, learning_rate):
         # The L2 term joins the gradient before momentum, exactly where PyTorch adds it.
-        return super().apply(_add_l2(self, grads, trainable_variables), trainable_variables)
+        return super().update_step(_with_l2(self, gradient, variable), variable, learning_rate)
 
     def get_config(self):
         return {**super().get_config(), "l2": self.l2}
@@ -126,8 +129,8 @@ class AdamWithL2(keras.optimizers.Adam):
         super().__init__(learning_rate=learning_rate, **kwargs)
         self.l2 = float(l2)
 
-    def apply(self, grads, trainable_variables=None):
-        return super().apply(_add_l2(self, grads, trainable_variables), trainable_variables)
+    def update_step(self, gradient, variable, learning_rate):
+        return super().update_step(_with_l2(self, gradient, variable), variable, learning_rate)
 
     def get_config(self):
         return {**super().get_config(), "l2": self.l2}

@@ -316,6 +316,8 @@ def _continue_optimizer(optimizer, previous, model):
     models' layer order) correspond one to one.
     """
     optimizer.build(model.trainable_variables)
+    # Under mixed_float16, compile wrapped the previous optimizer in a LossScaleOptimizer.
+    previous = getattr(previous, "inner_optimizer", previous)
     pairs = list(zip(optimizer.variables, previous.variables))
     if len(optimizer.variables) != len(previous.variables) or any(
             tuple(new.shape) != tuple(old.shape) for new, old in pairs):

@@ -8,12 +8,15 @@ hence ``val_accuracy``) that callbacks and history files expect. On a mixed batc
 training accuracy counts the class with the larger share as the label.
 
 MixUp and CutMix are Keras's layers, applied to whole training batches in tf.data after
-the per-image augmentation; validation and test data are never mixed.
+the per-image augmentation, with their random draws keyed per batch like the
+augmentation's (``pipeline.EpochBatches``); validation and test data are never mixed.
 
 Class weights (``train.class_weight=balanced``) give each class the loss weight
 ``n / (num_classes * n_class)`` from the training split's counts (scikit-learn's
-"balanced" heuristic), so every class contributes equally to the expected loss.
-Keras applies them through ``fit(class_weight=...)``, by each label's largest entry.
+"balanced" heuristic), so every class contributes equally to the expected loss. They
+reach the loss as the training batches' sample weights, by each label's largest entry,
+which is what ``fit(class_weight=...)`` does (the training loop is not ``fit``, see
+loop.py).
 """
 
 import pathlib
@@ -22,9 +25,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_caltech.data.augment import build_augmenter, load_size
-from keras_caltech.data.pipeline import make_dataset
-from keras_caltech.data.sampling import class_counts, make_balanced_dataset
+from keras_caltech.data.augment import build_augmenter, keyed_randomness, load_size
+from keras_caltech.data.pipeline import EpochBatches, make_dataset
+from keras_caltech.data.sampling import class_counts
 from keras_caltech.errors import UserError
 
 CLASS_WEIGHT_MODES = ("none", "balanced")
@@ -78,17 +81,18 @@ def loss_and_metrics(config, num_classes):
 
 
 def build_batch_mixer(augment, num_classes, seed=0):
-    """Returns ``mix(images, one_hot_labels) -> (images, labels)`` for MixUp/CutMix, or None.
+    """Returns ``mix(images, one_hot_labels, key) -> (images, labels)`` for MixUp/CutMix, or None.
 
     Args:
         augment: the config's ``augment`` section.
         num_classes: length of the label vectors.
-        seed: seed of the mixing layers and of the per-batch choice between them.
+        seed: seed of the mixing layers (their draws are then keyed per batch).
 
     Returns:
         A function on a batch (images float32 (batch, h, w, 3) 0-255, labels float32
-        (batch, num_classes)) returning the mixed batch, shapes unchanged; None when
-        both are off. With both on, each batch gets MixUp or CutMix with equal chance.
+        (batch, num_classes), key int64 (2,)) returning the mixed batch, shapes
+        unchanged, a function of its arguments alone; None when both are off. With both
+        on, each batch gets MixUp or CutMix with equal chance.
     """
     layers = []
     if augment.mixup_alpha > 0:
@@ -105,38 +109,64 @@ def build_batch_mixer(augment, num_classes, seed=0):
         mixed = layer({"images": images, "labels": labels}, training=True)
         return mixed["images"], mixed["labels"]
 
-    def mix(images, labels):
-        if len(layers) == 1:
-            return apply(layers[0], images, labels)
-        use_first = tf.random.uniform((), seed=seed + 12) < 0.5
-        return tf.cond(use_first, lambda: apply(layers[0], images, labels),
-                       lambda: apply(layers[1], images, labels))
+    def mix(images, labels, key):
+        with keyed_randomness(layers, key):
+            if len(layers) == 1:
+                return apply(layers[0], images, labels)
+            # The layers' generators draw from fold_in(key, 0) and (key, 1); the choice from (key, 2).
+            choice_seed = tf.random.experimental.stateless_fold_in(tf.cast(key, tf.int64), len(layers))
+            use_first = tf.random.stateless_uniform((), seed=choice_seed) < 0.5
+            return tf.cond(use_first, lambda: apply(layers[0], images, labels),
+                           lambda: apply(layers[1], images, labels))
 
     return mix
 
 
-def with_class_probabilities(dataset, num_classes, mixer=None):
-    """Maps a batched (images, int labels) dataset to one-hot labels, then mixes its batches.
+def batch_transform(config, num_classes, class_weight=None):
+    """The last step of every training batch: one-hot labels, MixUp/CutMix, class weights.
 
     Args:
-        dataset: batches of (images float32 (batch, h, w, 3), labels int (batch,)).
-        num_classes: length of the one-hot vectors.
-        mixer: from :func:`build_batch_mixer`, or None (validation data).
+        config: the run's (or phase's) Config.
+        num_classes: number of classes.
+        class_weight: {class index: weight} from :func:`class_weights`, or None.
 
     Returns:
-        The dataset with labels float32 (batch, num_classes), rows summing to 1.
+        ``transform(images, labels, key) -> batch`` for ``pipeline.EpochBatches``, or None
+        when the batches stay (images, int labels). The batch is (images, labels) or, with
+        class weights, (images, labels, sample weights float32 (batch,)); labels are int32
+        (batch,) or, under :func:`uses_class_probabilities`, float32 (batch, num_classes).
     """
+    probabilities = uses_class_probabilities(config)
+    mixer = build_batch_mixer(config.augment, num_classes, seed=config.train.seed) if probabilities else None
+    weights = (None if class_weight is None
+               else tf.constant([class_weight[index] for index in range(num_classes)], tf.float32))
+    if not probabilities and weights is None:
+        return None
+
+    def transform(images, labels, key):
+        if probabilities:
+            labels = tf.one_hot(labels, num_classes, dtype=tf.float32)  # (batch, num_classes)
+            if mixer is not None:
+                images, labels = mixer(images, labels, key)
+        if weights is None:
+            return images, labels
+        # As fit(class_weight=...): the weight of each example's largest label entry.
+        classes = tf.argmax(labels, axis=-1) if probabilities else labels
+        return images, labels, tf.gather(weights, classes)
+
+    return transform
+
+
+def one_hot_labels(dataset, num_classes):
+    """Maps a batched (images, int labels) dataset to float32 one-hot labels (batch, num_classes)."""
     def transform(images, labels):
-        one_hot = tf.one_hot(labels, num_classes, dtype=tf.float32)  # (batch, num_classes)
-        if mixer is None:
-            return images, one_hot
-        return mixer(images, one_hot)
+        return images, tf.one_hot(labels, num_classes, dtype=tf.float32)
 
     return dataset.map(transform, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
 
 def class_weights(labels, num_classes, mode="balanced"):
-    """Loss weight per class from the training labels, for ``fit(class_weight=...)``.
+    """Loss weight per class from the training labels, for :func:`batch_transform`.
 
     Args:
         labels: the training split's integer labels.
@@ -163,8 +193,8 @@ def class_weights(labels, num_classes, mode="balanced"):
     return {index: float(weight) for index, weight in enumerate(weights)}
 
 
-def make_fit_data(config, views, class_names, cache_dir, final_size):
-    """The training and validation datasets ``fit`` gets, for one phase's config.
+def make_fit_data(config, views, class_names, cache_dir, final_size, class_weight=None):
+    """The training batches and validation data of one phase's config.
 
     Args:
         config: the phase's Config (its data.image_size may be a progressive stage's).
@@ -172,29 +202,23 @@ def make_fit_data(config, views, class_names, cache_dir, final_size):
         class_names: class folder names in label order.
         cache_dir: folder for ``data.cache=disk`` files.
         final_size: the run's data.image_size; other sizes get their own cache files.
+        class_weight: {class index: weight} from :func:`class_weights`, or None.
 
     Returns:
-        (training data, validation data or None): batched (images, labels), labels
-        int32 (batch,) or, under :func:`uses_class_probabilities`, float32
-        (batch, classes); training batches augmented, then mixed.
+        (training batches, validation data or None): a ``pipeline.EpochBatches`` whose
+        batches are augmented, then finished by :func:`batch_transform`, and a dataset of
+        unaugmented (images, labels) batches, labels one-hot when the training ones are.
     """
     size, batch_size, seed = config.data.image_size, config.data.batch_size, config.train.seed
     suffix = "" if size == final_size else f"_{size}px"
-    augmenter = build_augmenter(config.augment, size, seed=seed)
-    if config.data.balanced_sampling:
-        train_data = make_balanced_dataset(views["train"], class_names, size, batch_size, augmenter=augmenter,
-                                           seed=seed, load_size=load_size(config.augment, size))
-    else:
-        train_data = make_dataset(views["train"], class_names, size, batch_size, training=True,
-                                  augmenter=augmenter, cache=config.data.cache,
-                                  cache_path=pathlib.Path(cache_dir) / f"train{suffix}", seed=seed,
-                                  load_size=load_size(config.augment, size))
+    num_classes = len(class_names)
+    train_batches = EpochBatches(
+        views["train"], class_names, size, batch_size, augmenter=build_augmenter(config.augment, size, seed=seed),
+        transform=batch_transform(config, num_classes, class_weight), cache=config.data.cache,
+        cache_path=pathlib.Path(cache_dir) / f"train{suffix}", seed=seed,
+        load_size=load_size(config.augment, size), balanced=config.data.balanced_sampling)
     val_data = (make_dataset(views["val"], class_names, size, batch_size, cache=config.data.cache,
                              cache_path=pathlib.Path(cache_dir) / f"val{suffix}") if "val" in views else None)
-    if uses_class_probabilities(config):
-        num_classes = len(class_names)
-        train_data = with_class_probabilities(train_data, num_classes,
-                                              build_batch_mixer(config.augment, num_classes, seed=seed))
-        if val_data is not None:
-            val_data = with_class_probabilities(val_data, num_classes)
-    return train_data, val_data
+    if val_data is not None and uses_class_probabilities(config):
+        val_data = one_hot_labels(val_data, num_classes)
+    return train_batches, val_data

@@ -9,6 +9,8 @@ Layout of ``runs/NAME/``::
     data_report.json     images used per split, files excluded and why
     best.keras           the checkpoint with the best validation accuracy
     history.csv          per-epoch metrics; logs/ for TensorBoard
+    training_state.npz   weights, optimizer and RNG state of the last completed epoch (see resume.py)
+    .lock                PID of the process using the folder (see lock.py)
     metrics.json         test-split evaluation of best.keras (per TTA mode under "tta")
     curves.png           loss and accuracy per epoch
     confusion_matrix.png, per_class.png, report.html   the evaluation's figures and page
@@ -17,6 +19,7 @@ Every file is written to a temporary name and renamed into place, so a killed ru
 never leaves a half-written file that a later command would trust.
 """
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -29,13 +32,42 @@ from keras_caltech.errors import UserError
 BEST_MODEL = "best.keras"
 
 
+@contextlib.contextmanager
+def replaced_atomically(path):
+    """Yields a temporary path beside ``path``; when the block succeeds, renames it over ``path``.
+
+    The temporary name starts with a dot and contains ``.tmp`` (its suffix stays ``path``'s,
+    for writers that infer the format from it). If the block raises, the temporary file
+    is deleted; if the process is killed, it stays behind, and
+    :func:`remove_partial_files` deletes it before a resume.
+    """
+    path = pathlib.Path(path)
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".tmp{path.suffix}")
+    os.close(descriptor)
+    try:
+        yield pathlib.Path(temporary)
+        with open(temporary, "rb") as handle:
+            os.fsync(handle.fileno())  # on disk before the rename makes it visible
+        os.replace(temporary, path)
+    except BaseException:
+        pathlib.Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def remove_partial_files(run_dir):
+    """Deletes the temporary files a killed writer left in ``run_dir``; returns their names."""
+    removed = []
+    for path in pathlib.Path(run_dir).glob(".*.tmp*"):
+        if path.is_file():
+            path.unlink()
+            removed.append(path.name)
+    return sorted(removed)
+
+
 def write_atomically(path, text):
     """Writes ``text`` to ``path`` through a temporary file and an atomic rename."""
-    path = pathlib.Path(path)
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(descriptor, "w") as handle:
-        handle.write(text)
-    os.replace(temporary, path)
+    with replaced_atomically(path) as temporary:
+        temporary.write_text(text)
 
 
 def write_json(path, value):
@@ -65,8 +97,11 @@ def create_run_folder(path):
         raise UserError(f"--output-dir {path} is a file, not a folder")
     if path.is_dir() and any(path.iterdir()):
         raise UserError(f"run folder {path} already holds files; pick another --output-dir "
-                        "(refusing to mix two runs' files)")
-    path.mkdir(parents=True, exist_ok=True)
+                        f"(refusing to mix two runs' files), or continue it with --resume {path}")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except PermissionError:
+        raise UserError(f"cannot create run folder {path}: permission denied. Pick an --output-dir you can write to")
     return path
 
 

@@ -1,4 +1,10 @@
-"""The training story: data -> splits -> pipeline -> model -> fit -> evaluation -> run folder."""
+"""The training story: data -> splits -> pipeline -> model -> fit -> evaluation -> run folder.
+
+A run trains in phases (phases.py), each one call of the training loop (loop.py) under
+any tf.distribute strategy (distribute.py) and precision (precision.py). It can be
+resumed from its last completed epoch (resume.py), and holds its run folder's lock
+while it works (lock.py).
+"""
 
 import math
 import pathlib
@@ -13,7 +19,7 @@ from keras_caltech import plotting
 from keras_caltech.config import config_to_dict
 from keras_caltech.data import synthetic
 from keras_caltech.data.augment import build_augmenter
-from keras_caltech.data.pipeline import NORMALIZATION_MODES, channel_statistics, make_dataset, materialize_split
+from keras_caltech.data.pipeline import NORMALIZATION_MODES, EpochBatches, channel_statistics, materialize_split
 from keras_caltech.data.scan import discover_classes, scan_dataset
 from keras_caltech.data.splits import SPLIT_NAMES, stratified_split
 from keras_caltech.errors import UserError
@@ -24,8 +30,14 @@ from keras_caltech.models import create_model, get_model_entry
 from keras_caltech.models.loading import load_model_safely
 from keras_caltech.training import phases, recipes
 from keras_caltech.training.callbacks import BestCheckpoint, StopOnNonFiniteLoss
+from keras_caltech.training.distribute import make_strategy, worker_index, worker_run_dir
+from keras_caltech.training.lock import holds_run_folder, lock_run_folder
+from keras_caltech.training.loop import build_training_state, fit
 from keras_caltech.training.optim import make_optimizer
-from keras_caltech.training.run_folder import (BEST_MODEL, create_run_folder, write_atomically,
+from keras_caltech.training.precision import set_precision
+from keras_caltech.training.resume import (STATE_FILE, SaveTrainingState, completed_epochs, reopen_run_folder,
+                                           restore_training)
+from keras_caltech.training.run_folder import (BEST_MODEL, create_run_folder, read_json, write_atomically,
                                                write_json)
 
 # Dataset statistics from a sample: enough for three means and deviations, and fast on Caltech-256.
@@ -57,8 +69,8 @@ def normalization_for(config, entry, train_view, class_names):
     if mode == "dataset":
         # Statistics of the training split only, at the model's input size, unaugmented,
         # from a seeded random sample (the unshuffled order is class by class).
-        dataset = make_dataset(train_view, class_names, config.data.image_size, config.data.batch_size,
-                               training=True, seed=config.train.seed)
+        dataset = EpochBatches(train_view, class_names, config.data.image_size, config.data.batch_size,
+                               seed=config.train.seed)(0)
         mean, std = channel_statistics(
             dataset, max_batches=math.ceil(STATISTICS_SAMPLE_IMAGES / config.data.batch_size))
     else:
@@ -104,29 +116,12 @@ def dry_run(config, log=print):
     return model
 
 
-def train(config, output_dir=None, *, verbose=None, log=print):
-    """Trains, evaluates and writes a run folder for ``config``.
-
-    Args:
-        config: a resolved Config.
-        output_dir: the run folder; default ``runs/<name>-<timestamp>``.
-        verbose: passed to ``model.fit``; default a progress bar on a terminal, else one line per epoch.
-        log: where progress lines go.
+def _new_run(config, run_dir, log):
+    """Scans the data, splits it and writes a new, locked run folder's data files.
 
     Returns:
-        A summary dict: run_dir, export_dir (None when config.export.enabled is false),
-        top1, top5, mean_per_class_accuracy, num_test, num_excluded, epochs_run,
-        best_epoch, seconds.
-
-    Raises:
-        UserError: bad data, config or model choice, or a loss that became NaN.
+        (run_dir, scan, splits).
     """
-    started = time.time()
-    entry = get_model_entry(config.model.name)  # fail on a bad name before any heavy work
-    check_tta_mode(config.eval.tta)  # ... and on a bad eval.tta before training, not after
-    phases.plan_phases(config)  # and on phase settings that contradict each other
-    recipes.check_recipe(config)
-    keras.utils.set_random_seed(config.train.seed)
     root = dataset_root(config.data)
     log(f"scanning {root} ...")
     scan = scan_dataset(root, include=config.data.include_classes, exclude=config.data.exclude_classes,
@@ -136,7 +131,8 @@ def train(config, output_dir=None, *, verbose=None, log=print):
                               val_fraction=config.data.val_fraction,
                               train_per_class=config.data.train_per_class, seed=config.data.split_seed)
 
-    run_dir = create_run_folder(output_dir or default_run_dir(config))
+    run_dir = create_run_folder(run_dir)
+    lock_run_folder(run_dir)
     write_atomically(run_dir / "config.yaml", yaml.safe_dump(config_to_dict(config), sort_keys=False))
     write_json(run_dir / "class_names.json", class_names)
     write_json(run_dir / "splits.json", {"root": str(scan.root), **{name: splits[name] for name in SPLIT_NAMES}})
@@ -146,6 +142,46 @@ def train(config, output_dir=None, *, verbose=None, log=print):
         "num_excluded": len(scan.excluded),
         "excluded": [{"path": path, "reason": reason} for path, reason in scan.excluded],
         "exclude_classes_not_found": scan.classes_not_found})
+    return run_dir, scan, splits
+
+
+@holds_run_folder
+def train(config, output_dir=None, *, resume=False, verbose=None, log=print):
+    """Trains, evaluates and writes a run folder for ``config``.
+
+    Args:
+        config: a resolved Config.
+        output_dir: the run folder; default ``runs/<name>-<timestamp>``.
+        resume: continue the run in ``output_dir`` from its last completed epoch;
+            ``config`` must be its saved config.yaml (see ``resume.load_run_config``).
+        verbose: 0 silent, 1 a progress bar, 2 one line per epoch; default 1 on a terminal, else 2.
+        log: where progress lines go.
+
+    Returns:
+        A summary dict: run_dir, export_dir (None when config.export.enabled is false,
+        and on every worker but the chief), top1, top5, mean_per_class_accuracy,
+        num_test, num_excluded, epochs_run, best_epoch, seconds.
+
+    Raises:
+        UserError: bad data, config or model choice, a run folder in use, or a loss that became NaN.
+        TrainingInterrupted: Ctrl-C after the run folder was created (it can be resumed).
+    """
+    started = time.time()
+    entry = get_model_entry(config.model.name)  # fail on a bad name before any heavy work
+    check_tta_mode(config.eval.tta)  # ... and on a bad eval.tta before training, not after
+    phases.plan_phases(config)  # and on phase settings that contradict each other
+    recipes.check_recipe(config)
+    strategy = make_strategy(config.train.strategy)  # before other TensorFlow ops: multi-worker sets up the runtime
+    set_precision(config.train.precision, log=log)
+    keras.utils.set_random_seed(config.train.seed)
+    if config.train.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    run_dir = worker_run_dir(output_dir or default_run_dir(config), strategy)
+    if resume:
+        run_dir, scan, splits = reopen_run_folder(run_dir, log=log)
+    else:
+        run_dir, scan, splits = _new_run(config, run_dir, log)
+    class_names = scan.class_names
     log(f"{len(class_names)} classes; train/val/test = "
         f"{'/'.join(str(len(splits[name])) for name in SPLIT_NAMES)} images; "
         f"{len(scan.excluded)} file(s) excluded (see {run_dir / 'data_report.json'})")
@@ -153,42 +189,63 @@ def train(config, output_dir=None, *, verbose=None, log=print):
     views = {name: materialize_split(scan.root, splits[name], class_names, run_dir / "split_view" / name)
              for name in SPLIT_NAMES if splits[name]}
     image_size, batch_size = config.data.image_size, config.data.batch_size
-    normalization = normalization_for(config, entry, views["train"], class_names)
-    write_json(run_dir / "normalization.json", normalization)
+    if resume:
+        normalization = read_json(run_dir / "normalization.json")
+    else:
+        normalization = normalization_for(config, entry, views["train"], class_names)
+        write_json(run_dir / "normalization.json", normalization)
 
     steps_per_epoch = math.ceil(len(splits["train"]) / batch_size)
     monitor = "val_accuracy" if "val" in views else "accuracy"
     checkpoint = BestCheckpoint(run_dir / BEST_MODEL, monitor=monitor)
     nan_guard = StopOnNonFiniteLoss()
-    # append: a run of several phases calls fit once per phase, all into one history.
-    callbacks = [checkpoint, nan_guard, keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True)]
-    if config.train.tensorboard:
-        callbacks.append(keras.callbacks.TensorBoard(str(run_dir / "logs"), write_graph=False))
+    # append: a run of several phases trains once per phase, all into one history.
+    history_log = keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True)
+    tensorboard = ([keras.callbacks.TensorBoard(str(run_dir / "logs"), write_graph=False)]
+                   if config.train.tensorboard else [])
     if verbose is None:
         verbose = 1 if sys.stdout.isatty() else 2
 
-    # Recipes (training/phases.py, training/recipes.py): one fit per phase (progressive
-    # sizes, frozen-backbone head, fine-tuning), data with the recipe's labels, mixing
-    # and sampling, and class weights.
+    # Recipes (training/phases.py, training/recipes.py): one call of the training loop
+    # per phase (progressive sizes, frozen-backbone head, fine-tuning), on data with the
+    # recipe's labels, mixing, sampling and class weights.
     runner = phases.PhaseRunner(
         config, lambda phase_config, weights: build_model(phase_config, len(class_names), normalization, weights),
         len(class_names), steps_per_epoch, log=log)
     class_weight = recipes.class_weights([label for _, label in splits["train"]], len(class_names),
                                          config.train.class_weight)
-    log(f"training {config.model.name} for {runner.total_epochs} epochs on "
-        f"{', '.join(device.device_type for device in tf.config.list_logical_devices())}")
-    fit_data, epochs_run = {}, 0
+    log(f"training {config.model.name} for {runner.total_epochs} epochs on {strategy.num_replicas_in_sync} "
+        f"replica(s) ({', '.join(device.device_type for device in tf.config.list_logical_devices())}), "
+        f"{config.train.precision}{', XLA' if config.train.jit_compile else ''}")
+    # A resumed run restores its state into the phase of its last completed epoch. The
+    # phases before it are entered but not trained: the next phase starts from their
+    # models and optimizers, as in the uninterrupted run.
+    epoch = completed_epochs(run_dir / STATE_FILE) if resume else 0  # epochs done, = the next epoch's index
+    restore_phase = next(phase for phase in runner.plan if phase.last_epoch >= max(epoch, 1))
+    fit_data = {}
     for phase in runner.plan:
-        model = runner.enter(phase)
+        with strategy.scope():  # the model's, optimizer's and metrics' variables: one copy per replica
+            model = runner.enter(phase)
         if phase.image_size not in fit_data:
-            fit_data[phase.image_size] = recipes.make_fit_data(phase.config, views, class_names,
-                                                               run_dir / "cache", image_size)
-        train_data, val_data = fit_data[phase.image_size]
-        history = model.fit(train_data, validation_data=val_data, initial_epoch=phase.first_epoch,
-                            epochs=phase.last_epoch, class_weight=class_weight,
-                            callbacks=phases.callbacks_for(phase, callbacks), verbose=verbose,
-                            shuffle=False)  # the dataset shuffles itself
-        epochs_run += len(history.epoch)
+            fit_data[phase.image_size] = recipes.make_fit_data(phase.config, views, class_names, run_dir / "cache",
+                                                               image_size, class_weight)
+        train_batches, val_data = fit_data[phase.image_size]
+        build_training_state(model, strategy, val_data if val_data is not None else train_batches(phase.first_epoch))
+        if resume and phase is restore_phase:
+            checkpoint.set_model(model)
+            epoch = restore_training(run_dir, model, checkpoint, log=log)
+        if epoch >= phase.last_epoch:
+            continue  # trained before the run was interrupted
+        # Order matters at an epoch's end: history row, then training state, then best.keras
+        # (see resume.py). A stage below the final size writes no best.keras, so its
+        # training state records no best either.
+        state = SaveTrainingState(run_dir / STATE_FILE, checkpoint if phase.saves_best else None, nan_guard)
+        callbacks = phases.callbacks_for(phase, [nan_guard, history_log, *tensorboard, state, checkpoint])
+        initial_epoch = max(epoch, phase.first_epoch)
+        history = fit(model, strategy, train_batches, epochs=phase.last_epoch, steps_per_epoch=len(train_batches),
+                      initial_epoch=initial_epoch, validation_data=val_data, callbacks=callbacks,
+                      verbose=verbose, jit_compile=config.train.jit_compile)
+        epoch = initial_epoch + len(history.epoch)
         if nan_guard.stopped_epoch is not None:
             break
     plotting.plot_curves(run_dir / "history.csv", run_dir / "curves.png")
@@ -201,7 +258,9 @@ def train(config, output_dir=None, *, verbose=None, log=print):
     metrics = evaluate_run(run_dir, config.eval.tta, log=log, extra={
         "best_epoch": checkpoint.best_epoch, "monitor": monitor, "best_monitor_value": checkpoint.best})
     export_dir = None
-    if config.export.enabled:  # the best model, for TF Serving: BASE_DIR/NAME/VERSION/
+    # The best model, for TF Serving: BASE_DIR/NAME/VERSION/. In a multi-worker run only
+    # the chief exports: the workers' models are the same, and they share BASE_DIR.
+    if config.export.enabled and worker_index(strategy) == 0:
         try:
             export_dir = export_model(load_model_safely(run_dir / BEST_MODEL), class_names, config.export.base_dir,
                                       config.export.name or run_dir.resolve().name)
@@ -211,6 +270,6 @@ def train(config, output_dir=None, *, verbose=None, log=print):
                             f"--base-dir {config.export.base_dir}") from error
     return {"run_dir": str(run_dir), "top1": metrics["top1"], "top5": metrics["top5"],
             "mean_per_class_accuracy": metrics["mean_per_class_accuracy"], "num_test": metrics["num_examples"],
-            "num_excluded": len(scan.excluded), "epochs_run": epochs_run,
+            "num_excluded": len(scan.excluded), "epochs_run": epoch,
             "best_epoch": checkpoint.best_epoch, "seconds": round(time.time() - started, 1),
             "export_dir": None if export_dir is None else str(export_dir)}
