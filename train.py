@@ -5,18 +5,19 @@ trains configs/default.yaml and prints the test accuracy and the run folder.
 ``python train.py --resume runs/NAME`` continues a stopped run from its last completed epoch.
 """
 
-import argparse
 import os
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's C++ start-up chatter
+
+from keras_caltech.cli import ArgumentParser, run_command  # noqa: E402  (light: no TensorFlow)
 
 DOWNLOAD_DIR = "data"
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "default.yaml")
 
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         description="Train a CNN image classifier on a folder-per-class dataset "
                     "(Caltech-256, Caltech-101, or the built-in synthetic one).",
         epilog="Config fields (section.key): data.image_size, data.batch_size, data.root, "
@@ -57,44 +58,38 @@ _NOT_WITH_RESUME = ("config", "data", "set", "dataset", "output_dir", "init_from
 
 
 def main(argv=None):
-    """Runs training; returns the process exit code (0 ok, 2 user error)."""
+    """Runs training; returns the process exit code (0 ok, 2 user error, 130 stopped by Ctrl-C)."""
+    return run_command(_train_command, argv)
+
+
+def _train_command(argv):
     args = parse_args(argv)
     from keras_caltech.config import load_config
-    from keras_caltech.errors import TrainingInterrupted, UserError
+    from keras_caltech.errors import UserError
     from keras_caltech.training import trainer
     from keras_caltech.training.resume import load_run_config
 
-    try:
-        strategy = [f"train.strategy={args.strategy}"] if args.strategy else []
-        if args.resume:
-            given = [name for name in _NOT_WITH_RESUME if getattr(args, name)]
-            if given:
-                flags = ", ".join("--" + name.replace("_", "-") for name in given)
-                raise UserError(f"--resume continues a run with the config saved in its folder; it cannot be "
-                                f"combined with {flags}. Received: --resume {args.resume} {flags}")
-            config = load_run_config(args.resume, strategy)
-            summary = trainer.train(config, args.resume, resume=True)
-        else:
-            overrides = list(args.set) + ([f"data.root={args.data}"] if args.data else []) + strategy
-            if args.init_from:
-                overrides.append(f"model.init_from={args.init_from}")
-            if args.dataset:
-                from keras_caltech.data.download import download_dataset
-                overrides.append(f"data.root={download_dataset(args.dataset, DOWNLOAD_DIR)}")
-            config = load_config(args.config or DEFAULT_CONFIG, overrides)
-            if args.dry_run:
-                trainer.dry_run(config)
-                return 0
-            summary = trainer.train(config, args.output_dir)
-    except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except TrainingInterrupted as interrupted:
-        print(f"stopped: {interrupted}", file=sys.stderr)
-        return 130
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130
+    strategy = [f"train.strategy={args.strategy}"] if args.strategy else []
+    if args.resume:
+        given = [name for name in _NOT_WITH_RESUME if getattr(args, name)]
+        if given:
+            flags = ", ".join("--" + name.replace("_", "-") for name in given)
+            raise UserError(f"--resume continues a run with the config saved in its folder; it cannot be "
+                            f"combined with {flags}. Received: --resume {args.resume} {flags}")
+        config = load_run_config(args.resume, strategy)
+        summary = trainer.train(config, args.resume, resume=True)
+    else:
+        overrides = list(args.set) + ([f"data.root={args.data}"] if args.data else []) + strategy
+        if args.init_from:
+            overrides.append(f"model.init_from={args.init_from}")
+        if args.dataset:
+            from keras_caltech.data.download import download_dataset
+            overrides.append(f"data.root={download_dataset(args.dataset, DOWNLOAD_DIR)}")
+        config = load_config(args.config or DEFAULT_CONFIG, overrides)
+        if args.dry_run:
+            trainer.dry_run(config)
+            return 0
+        summary = trainer.train(config, args.output_dir)
     print(f"test top-1 {summary['top1']:.2%}  top-5 {summary['top5']:.2%}  "
           f"mean per-class {summary['mean_per_class_accuracy']:.2%}  ({summary['num_test']} test images, "
           f"{summary['num_excluded']} files excluded)")

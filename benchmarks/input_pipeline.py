@@ -1,8 +1,8 @@
 """Section 3: input pipeline throughput against the rate the training step consumes images.
 
 A folder of Caltech-sized JPEGs (generated once per run by the synthetic dataset, sides
-drawn between ``--jpeg-min`` and ``--jpeg-max`` pixels) goes through our own
-``make_dataset(training=True)`` with the training augmenter (horizontal flip and a
+drawn between ``--jpeg-min`` and ``--jpeg-max`` pixels) goes through the
+trainer's own ``EpochBatches`` with the training augmenter (horizontal flip and a
 random crop from an image resized 8/7 larger, the usual Caltech/ImageNet recipe):
 decode, resize, shuffle, batch, augment, prefetch, one full epoch per repetition. The
 decoded-image cache (``data.cache=memory``) is timed after the epoch that fills it.
@@ -19,7 +19,7 @@ import numpy as np
 
 from keras_caltech.config import AugmentConfig
 from keras_caltech.data.augment import build_augmenter, load_size
-from keras_caltech.data.pipeline import make_dataset, materialize_split
+from keras_caltech.data.pipeline import EpochBatches, materialize_split
 from keras_caltech.data.synthetic import class_folder_names, generate_dataset
 from timing import Row, interleaved, rate
 from train_step import MODEL_TITLES
@@ -64,10 +64,11 @@ def run(options, context):
             augment = AugmentConfig(horizontal_flip=True, resize_crop=image_size * 8 // 7)
             contenders = {}
             for cache in ("none", "memory"):
-                dataset = make_dataset(view, class_names, image_size, options.batch_size, training=True,
+                # The training split's batches exactly as the trainer builds them (epoch 0).
+                batches = EpochBatches(view, class_names, image_size, options.batch_size,
                                        augmenter=build_augmenter(augment, image_size), cache=cache,
                                        load_size=load_size(augment, image_size))
-                contenders[cache] = epoch_runner(dataset)
+                contenders[cache] = epoch_runner(batches(0))
             seconds = interleaved(contenders, options.pipeline_repeats, warmup=1)
             consumers = {model: images_per_second for (model, size), images_per_second
                          in context.get("train_rate", {}).items() if size == image_size}
@@ -77,7 +78,7 @@ def run(options, context):
             for cache, label in (("none", "decode + resize + flip + crop"),
                                  ("memory", "decoded-image cache on, + flip + crop")):
                 rows.append(Row(
-                    "pipeline", f"make_dataset {image_size} px, {label}", rate(count, seconds[cache]), "img/s",
+                    "pipeline", f"training batches {image_size} px, {label}", rate(count, seconds[cache]), "img/s",
                     reference, consumers.get(fastest), goal=PIPELINE_GOAL if fastest else None,
                     note=(f"{count} JPEGs, mean {width:.0f}x{height:.0f} px, load {image_size * 8 // 7} px; "
                           "pipeline alone on all cores")))

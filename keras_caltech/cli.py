@@ -8,7 +8,7 @@ and keeps its traceback.
 import argparse
 import sys
 
-from keras_caltech.errors import UserError
+from keras_caltech.errors import TrainingInterrupted, UserError
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -23,13 +23,16 @@ def run_command(command, argv=None):
 
     Returns:
         The command's own code; 2 after printing ``error: ...`` for a UserError; 130 on
-        Ctrl-C; 0 for ``--help``.
+        Ctrl-C (with how to resume, when training was stopped); 0 for ``--help``.
     """
     try:
         return command(list(sys.argv[1:] if argv is None else argv))
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except TrainingInterrupted as interrupted:
+        print(f"stopped: {interrupted}", file=sys.stderr)
+        return 130
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130

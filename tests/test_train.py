@@ -63,6 +63,8 @@ def _error_of(argv, capsys):
     (["--set", "model.name=resnet9000"], "error: unknown model 'resnet9000'"),
     (["--set", "train.optimizer=adagrad"], "error: unknown train.optimizer 'adagrad'. Valid optimizers: adam, adamw, sgd"),
     (["--config", "no/such/config.yaml"], "error: config file not found: no/such/config.yaml"),
+    (["--bogus"], "error: unrecognized arguments: --bogus"),
+    (["--output-dir", "/proc/no-runs-here/run"], "error: cannot create run folder /proc/no-runs-here/run"),
 ])
 def test_bad_options_get_one_error_line_and_exit_code_2(tiny_dataset, tmp_path, capsys, extra, message):
     code, err = _error_of(["--data", str(tiny_dataset), "--output-dir", str(tmp_path / "r"), *TINY, *extra], capsys)

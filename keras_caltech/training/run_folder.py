@@ -102,6 +102,8 @@ def create_run_folder(path):
         path.mkdir(parents=True, exist_ok=True)
     except PermissionError:
         raise UserError(f"cannot create run folder {path}: permission denied. Pick an --output-dir you can write to")
+    except OSError as error:  # e.g. a read-only file system, or a path under /proc
+        raise UserError(f"cannot create run folder {path}: {error.strerror}. Pick another --output-dir")
     return path
 
 
