@@ -93,40 +93,20 @@ def _with_l2(optimizer, gradient, variable):
     return gradient + optimizer.l2 * keras.ops.cast(variable, gradient.dtype)
 
 
-@keras.saving.register_keras_serializable(package="keras_caltech")
-class SGDWithL2(keras.optimizers.SGD):
-    """Keras SGD whose weight decay is an L2 gradient term, as PyTorch's ``SGD(weight_decay)``.
+class _L2GradientTerm:
+    """Mixin for a Keras optimizer: weight decay as an ``l2 * w`` gradient term, as PyTorch's.
+
+    Keras' own ``weight_decay`` shrinks the weights directly (decoupled, AdamW-style);
+    PyTorch's SGD and Adam add the term to the gradient, before momentum, which is what
+    the published recipes ran.
 
     Args:
-        learning_rate: a float or a schedule.
         l2: the factor of the ``l2 * w`` term added to each gradient, >= 0.
-        **kwargs: ``keras.optimizers.SGD`` arguments (momentum, nesterov, ...).
+        *args, **kwargs: the optimizer's own arguments (learning rate, momentum, ...).
     """
 
-    def __init__(self, learning_rate=0.01, l2=0.0, **kwargs):
-        super().__init__(learning_rate=learning_rate, **kwargs)
-        self.l2 = float(l2)
-
-    def update_step(self, gradient, variable, learning_rate):
-        # The L2 term joins the gradient before momentum, exactly where PyTorch adds it.
-        return super().update_step(_with_l2(self, gradient, variable), variable, learning_rate)
-
-    def get_config(self):
-        return {**super().get_config(), "l2": self.l2}
-
-
-@keras.saving.register_keras_serializable(package="keras_caltech")
-class AdamWithL2(keras.optimizers.Adam):
-    """Keras Adam whose weight decay is an L2 gradient term, as PyTorch's ``Adam(weight_decay)``.
-
-    Args:
-        learning_rate: a float or a schedule.
-        l2: the factor of the ``l2 * w`` term added to each gradient, >= 0.
-        **kwargs: ``keras.optimizers.Adam`` arguments.
-    """
-
-    def __init__(self, learning_rate=0.001, l2=0.0, **kwargs):
-        super().__init__(learning_rate=learning_rate, **kwargs)
+    def __init__(self, *args, l2=0.0, **kwargs):
+        super().__init__(*args, **kwargs)
         self.l2 = float(l2)
 
     def update_step(self, gradient, variable, learning_rate):
@@ -134,3 +114,13 @@ class AdamWithL2(keras.optimizers.Adam):
 
     def get_config(self):
         return {**super().get_config(), "l2": self.l2}
+
+
+@keras.saving.register_keras_serializable(package="keras_caltech")
+class SGDWithL2(_L2GradientTerm, keras.optimizers.SGD):
+    """Keras SGD whose weight decay is an L2 gradient term, as PyTorch's ``SGD(weight_decay)``."""
+
+
+@keras.saving.register_keras_serializable(package="keras_caltech")
+class AdamWithL2(_L2GradientTerm, keras.optimizers.Adam):
+    """Keras Adam whose weight decay is an L2 gradient term, as PyTorch's ``Adam(weight_decay)``."""
