@@ -94,7 +94,8 @@ def explain(args):
     class_index = report.resolve_class(args.class_, class_names, model.outputs[0].shape[-1])
     if args.image:
         return report.explain_images(model, args.image, args.method, class_index, args.layer,
-                                     args.channel, class_names, output_dir), []
+                                     args.channel, class_names, output_dir,
+                                     run.crop_from if run else 0), []
     if args.sample:
         return gallery.sample_gallery(run, *args.sample, args.method, args.layer, class_index,
                                       args.seed, output_dir)

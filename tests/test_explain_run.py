@@ -14,7 +14,7 @@ import pytest
 from conftest import copy_run
 
 import explain
-from keras_caltech.data.pipeline import load_image
+from keras_caltech.data.pipeline import crop_window, load_image
 from keras_caltech.explain.gallery import choose_sample
 from keras_caltech.explain.metrics import box_share, mosaic_groups, scale_box
 from keras_caltech.explain.report import read_image
@@ -76,6 +76,10 @@ def test_images_are_read_by_the_training_pipeline_and_keep_their_original(test_s
     with Image.open(paths[0]) as opened:
         assert image.original.shape == (opened.height, opened.width, 3)
     assert image.original.dtype == np.uint8
+    cropped = read_image(paths[0], 32, crop_from=40)  # a run trained on crops: its central crop
+    np.testing.assert_array_equal(cropped.pixels, load_image(paths[0], 32, crop_from=40))
+    x0, y0, x1, y1 = np.round(crop_window(opened.width, opened.height, 32, 40)).astype(int)
+    np.testing.assert_array_equal(cropped.original, image.original[y0:y1, x0:x1])
 
 
 # --- Galleries -----------------------------------------------------------------------
@@ -148,6 +152,13 @@ def test_boxes_are_scaled_from_the_saved_image_to_the_square_input():
     assert box == [0.0, 0.0, 15.5, 15.5]  # input pixels 0-15 have their centres inside
     assert box_share(box, 32) == pytest.approx(0.25)
     assert scale_box({"box": [50, 0, 200, 100], "width": 200, "height": 100}, 32)[::2] == [7.5, 31.0]
+
+
+def test_boxes_follow_the_central_crop_of_a_run_trained_on_crops():
+    # 200 x 100 seen through crop_window (20, 10, 180, 90): 160 x 80 pixels -> 32 px.
+    entry = {"box": [20, 10, 100, 50], "width": 200, "height": 100}
+    assert scale_box(entry, 32, crop_from=40) == [0.0, 0.0, 15.5, 15.5]
+    assert scale_box({"box": [0, 0, 15, 100], "width": 200, "height": 100}, 32, crop_from=40) is None
 
 
 def test_mosaics_take_four_different_classes_and_never_reuse_an_image():

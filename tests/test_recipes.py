@@ -326,6 +326,24 @@ def test_balanced_sampling_draws_both_classes_equally_with_the_right_images(imba
     np.testing.assert_array_equal(blue, expected)
 
 
+def test_validation_of_a_run_trained_on_crops_sees_the_central_crop(tiny_dataset, tmp_path):
+    """Training crops 32 px from a 40 px resize; validation must see the same scale."""
+    from keras_caltech.data import scan
+    from keras_caltech.data.splits import stratified_split
+    from keras_caltech.training.recipes import make_fit_data
+
+    result = scan.scan_dataset(tiny_dataset)
+    splits = stratified_split(result.files, result.class_names, seed=0)
+    views = {name: materialize_split(result.root, splits[name], result.class_names, tmp_path / name)
+             for name in ("train", "val")}
+    config = load_config(None, ["data.image_size=32", "augment.resize_crop=40", "augment.horizontal_flip=false"])
+    train_batches, val_data = make_fit_data(config, views, result.class_names, tmp_path / "cache", 32)
+    images, _ = next(iter(val_data))
+    first = sorted((views["val"] / result.class_names[0]).iterdir())[0]
+    np.testing.assert_array_equal(images[0].numpy(), load_image(first, 32, crop_from=40))
+    assert next(iter(train_batches(0)))[0].shape[1:] == (32, 32, 3)
+
+
 # --- End to end -------------------------------------------------------------------------
 
 

@@ -83,20 +83,22 @@ def hand_computed_logits(image, mode, image_size, region):
     def top_left_of_mirror(top, left):  # mirroring moves the crop's top-right region to the top-left
         return image[top:top + region, left + image_size - region:left + image_size].mean(axis=(0, 1))
 
-    if mode == "none":
-        return top_left(0, 0)
-    if mode == "flip":
-        return (top_left(0, 0) + top_left_of_mirror(0, 0)) / 2
     far, centre = image.shape[0] - image_size, (image.shape[0] - image_size) // 2
+    if mode == "none":  # an image larger than the input: a run trained on crops sees its centre
+        return top_left(centre, centre)
+    if mode == "flip":
+        return (top_left(centre, centre) + top_left_of_mirror(centre, centre)) / 2
     offsets = [(0, 0), (0, far), (far, 0), (far, far), (centre, centre)]
     return np.mean([top_left(*offset) for offset in offsets]
                    + [top_left_of_mirror(*offset) for offset in offsets], axis=0)
 
 
+@pytest.mark.parametrize("resize_crop", [0, 40])
 @pytest.mark.parametrize("mode", ["none", "flip", "10crop"])
-def test_tta_on_a_position_dependent_model_gives_the_hand_computed_average(tmp_path, mode):
+def test_tta_on_a_position_dependent_model_gives_the_hand_computed_average(tmp_path, mode, resize_crop):
     image_size, region = 32, 8
-    side = tta_load_size(mode, image_size)  # files saved at the load size, so resizing changes nothing
+    # Files saved at the side they are resized to, so resizing changes nothing.
+    side = max(resize_crop, tta_load_size(mode, image_size, resize_crop))
     rng = np.random.default_rng(0)
     class_names = ["a", "b", "c"]
     for name in class_names:
@@ -105,7 +107,8 @@ def test_tta_on_a_position_dependent_model_gives_the_hand_computed_average(tmp_p
     for index, image in enumerate(images):  # two images in one batch, one in the last: batching is checked too
         Image.fromarray(image).save(tmp_path / "a" / f"{index}.png")
     logits, labels, files = predict_with_tta(top_left_mean_model(image_size, region), tmp_path, class_names,
-                                             mode, batch_size=2 * {"none": 1, "flip": 2, "10crop": 10}[mode])
+                                             mode, batch_size=2 * {"none": 1, "flip": 2, "10crop": 10}[mode],
+                                             resize_crop=resize_crop)
     assert [path.name for path in files] == ["0.png", "1.png", "2.png"] and list(labels) == [0, 0, 0]
     expected = [hand_computed_logits(image.astype(np.float64), mode, image_size, region) for image in images]
     np.testing.assert_allclose(logits, np.array(expected), atol=1e-3)

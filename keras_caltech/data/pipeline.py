@@ -15,6 +15,11 @@ training, evaluation, explanation or serving, is decoded by ``tf.io.decode_image
 (3 channels, first frame) and resized bilinearly to a square, exactly as
 ``image_dataset_from_directory`` does; :func:`decode_and_resize` is that function for
 callers outside the pipeline. Normalization is the model's own first layer.
+
+A run that trained on random crops of a larger resize (``augment.resize_crop``) is
+evaluated, explained and served on the central crop of that resize (``crop_from``), so
+objects keep the scale training showed them at; 10-crop testing's centre view is that
+same crop.
 """
 
 import os
@@ -52,23 +57,70 @@ def decode(encoded):
     return tf.io.decode_image(encoded, channels=3, expand_animations=False)
 
 
-def decode_and_resize(encoded, image_size):
-    """Decodes image bytes and resizes them the way the training pipeline does.
+def centre_crop(images, size):
+    """The central ``size`` x ``size`` window of square images.
+
+    Args:
+        images: tensor (..., side, side, channels) with a static ``side >= size``.
+        size: side of the crop.
+
+    Returns:
+        Tensor (..., size, size, channels). An odd margin leaves the extra pixel at the
+        bottom and right (offset ``(side - size) // 2``, as 10-crop's centre view).
+    """
+    offset = (images.shape[-2] - size) // 2
+    return images[..., offset:offset + size, offset:offset + size, :]
+
+
+def resize_for_model(images, image_size, crop_from=0):
+    """Resizes decoded images to the model's test view.
+
+    Args:
+        images: tensor (height, width, 3) or (batch, height, width, 3), any dtype.
+        image_size: side of the model's square input.
+        crop_from: the run's ``augment.resize_crop``: when larger than ``image_size``,
+            resize to that side and take the central ``image_size`` crop; else resize
+            straight to ``image_size``.
+
+    Returns:
+        float32 tensor (..., image_size, image_size, 3), values as given (0-255).
+    """
+    if crop_from > image_size:
+        return centre_crop(tf.image.resize(images, (crop_from, crop_from), method="bilinear"), image_size)
+    return tf.image.resize(images, (image_size, image_size), method="bilinear")
+
+
+def crop_window(width, height, image_size, crop_from=0):
+    """The part of a ``width`` x ``height`` image that :func:`resize_for_model` keeps.
+
+    Returns:
+        (x0, y0, x1, y1) float, in the image's pixels: the whole image unless
+        ``crop_from > image_size``.
+    """
+    if crop_from <= image_size:
+        return 0.0, 0.0, float(width), float(height)
+    start, end = (crop_from - image_size) // 2, (crop_from - image_size) // 2 + image_size
+    x_scale, y_scale = width / crop_from, height / crop_from
+    return start * x_scale, start * y_scale, end * x_scale, end * y_scale
+
+
+def decode_and_resize(encoded, image_size, crop_from=0):
+    """Decodes image bytes and resizes them the way the evaluation pipeline does.
 
     Args:
         encoded: scalar string tensor: JPEG, PNG, GIF (first frame) or BMP bytes.
         image_size: side of the square output.
+        crop_from: see :func:`resize_for_model`.
 
     Returns:
         float32 tensor (image_size, image_size, 3), RGB, values 0-255.
     """
-    image = decode(encoded)  # (h, w, 3) uint8
-    return tf.image.resize(image, (image_size, image_size), method="bilinear")
+    return resize_for_model(decode(encoded), image_size, crop_from)  # decoded: (h, w, 3) uint8
 
 
-def load_image(path, image_size):
+def load_image(path, image_size, crop_from=0):
     """Reads one image file as the model sees it: float32 (size, size, 3) in 0-255."""
-    return decode_and_resize(tf.io.read_file(str(path)), image_size).numpy()
+    return decode_and_resize(tf.io.read_file(str(path)), image_size, crop_from).numpy()
 
 
 def materialize_split(root, pairs, class_names, view_dir):
@@ -101,7 +153,7 @@ def _int32_labels(image, label):
 
 
 def make_dataset(view_dir, class_names, image_size, batch_size, *, cache="none", cache_path=None,
-                 load_size=None):
+                 load_size=None, crop_from=0):
     """Builds the batched pipeline of one split view in file order, unaugmented (evaluation, statistics).
 
     Args:
@@ -112,8 +164,11 @@ def make_dataset(view_dir, class_names, image_size, batch_size, *, cache="none",
         cache: "none", "memory" or "disk" (decoded, resized float32 images; memory costs
             images x size^2 x 12 bytes, so use "disk" for Caltech-256 at 224 px).
         cache_path: file prefix for the disk cache.
-        load_size: side to decode and resize to (e.g. larger for test-time crops);
-            defaults to ``image_size``.
+        load_size: side to decode and resize to, left uncropped (e.g. larger for
+            10-crop testing); defaults to ``image_size``.
+        crop_from: the run's ``augment.resize_crop``: when larger than ``image_size``,
+            images are resized to it and centre-cropped to ``image_size`` (see
+            :func:`resize_for_model`); ignores ``load_size``.
 
     Returns:
         A tf.data.Dataset of (images float32 (batch, size, size, 3) 0-255, labels int32 (batch,)),
@@ -121,7 +176,8 @@ def make_dataset(view_dir, class_names, image_size, batch_size, *, cache="none",
         (as on the dataset ``image_dataset_from_directory`` returns).
     """
     _check_cache_mode(cache)
-    load_size = load_size or image_size
+    cropped = crop_from > image_size
+    load_size = crop_from if cropped else load_size or image_size
     dataset = keras.utils.image_dataset_from_directory(
         view_dir, labels="inferred", label_mode="int", class_names=class_names,
         batch_size=None, image_size=(load_size, load_size), shuffle=False,
@@ -129,7 +185,10 @@ def make_dataset(view_dir, class_names, image_size, batch_size, *, cache="none",
     file_paths = dataset.file_paths
     if not file_paths:
         raise UserError(f"split folder {view_dir} holds no images")
-    dataset = _cached(dataset.map(_int32_labels), cache, cache_path)
+    dataset = dataset.map(_int32_labels)
+    if cropped:
+        dataset = dataset.map(lambda image, label: (centre_crop(image, image_size), label))
+    dataset = _cached(dataset, cache, cache_path)
     dataset = dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
     dataset.file_paths = file_paths  # evaluation maps each prediction back to its image
     return dataset

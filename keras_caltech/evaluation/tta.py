@@ -2,8 +2,10 @@
 
 Modes (``--tta`` and ``eval.tta``):
 
-- ``none``: the image resized to the model's input size, as training saw it.
-- ``flip``: that image and its horizontal mirror (2 views).
+- ``none``: the image resized to the model's input size, as training saw it; for a run
+  that trained on random crops of a larger resize (``augment.resize_crop``), the central
+  crop of that resize (``data.pipeline.resize_for_model``).
+- ``flip``: that view and its horizontal mirror (2 views).
 - ``10crop``: the image resized to a larger side, cut into its four corners and its
   centre at the model's input size, plus the mirror of each (10 views), as in
   Krizhevsky et al. (2012). The larger side is ``augment.resize_crop`` when training
@@ -46,8 +48,9 @@ def tta_load_size(mode, image_size, resize_crop=0):
         resize_crop: the config's ``augment.resize_crop`` (0: not set).
 
     Returns:
-        ``image_size`` for ``none`` and ``flip``; for ``10crop`` the side training cropped
-        from (``resize_crop``) when set and larger, else ``round(image_size * 256 / 224)``.
+        ``image_size`` for ``none`` and ``flip`` (their views are already cut by the
+        pipeline); for ``10crop`` the side training cropped from (``resize_crop``) when
+        set and larger, else ``round(image_size * 256 / 224)``.
     """
     if mode != "10crop":
         return image_size
@@ -120,7 +123,9 @@ def tta_dataset(view_dir, class_names, image_size, mode, images_per_batch, resiz
         labels int32 (batch,)), with attribute ``file_paths`` in dataset order.
     """
     load_size = tta_load_size(mode, image_size, resize_crop)
-    dataset = make_dataset(view_dir, class_names, image_size, images_per_batch, load_size=load_size)
+    crop_from = 0 if mode == "10crop" else resize_crop
+    dataset = make_dataset(view_dir, class_names, image_size, images_per_batch, load_size=load_size,
+                           crop_from=crop_from)
     file_paths = dataset.file_paths
     dataset = dataset.map(lambda images, labels: (tta_views(images, mode, image_size), labels),
                           num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)

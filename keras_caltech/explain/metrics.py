@@ -28,6 +28,7 @@ pipeline and explained 32 at a time.
 import numpy as np
 import tensorflow as tf
 
+from keras_caltech.data.pipeline import crop_window
 from keras_caltech.data.synthetic import load_boxes
 from keras_caltech.errors import UserError
 from keras_caltech.explain.gallery import cam_explainer
@@ -53,26 +54,33 @@ SANITY_IMAGES = 16
 SANITY_THRESHOLD = 0.5
 
 
-def scale_box(entry, image_size):
+def scale_box(entry, image_size, crop_from=0):
     """Maps a ``boxes.json`` box onto the model's square input.
 
     Boxes are ``[x0, y0, x1, y1)`` in the saved image's pixels (``x1``, ``y1``
-    exclusive), and the pipeline resizes the image to ``image_size`` squared with half-
-    pixel centres. Input pixel ``j`` has its centre at ``(j + 0.5) / scale`` in the
-    original, so the pixels whose centres lie in the box run from
-    ``x0 * scale - 0.5`` to ``x1 * scale - 0.5``.
+    exclusive), and the pipeline resizes the part of the image the model sees (all of
+    it, or a central crop: ``pipeline.crop_window``) to ``image_size`` squared with
+    half-pixel centres. Input pixel ``j`` has its centre at ``(j + 0.5) / scale`` in
+    that part, so the pixels whose centres lie in the box run from ``x0 * scale - 0.5``
+    to ``x1 * scale - 0.5``, ``x0`` measured from the part's left edge.
 
     Args:
         entry: {"box": [x0, y0, x1, y1], "width": w, "height": h}.
         image_size: side of the model's input.
+        crop_from: the run's ``augment.resize_crop``.
 
     Returns:
         [x0, y0, x1, y1] float pixel indices of the input, inclusive, as
-        ``scoring.pointing_game`` takes them, clipped to the image.
+        ``scoring.pointing_game`` takes them, clipped to the image; None when the box
+        lies wholly outside the part the model sees.
     """
-    x_scale, y_scale = image_size / entry["width"], image_size / entry["height"]
+    left, top, right, bottom = crop_window(entry["width"], entry["height"], image_size, crop_from)
     x0, y0, x1, y1 = entry["box"]
-    box = [x0 * x_scale - 0.5, y0 * y_scale - 0.5, x1 * x_scale - 0.5, y1 * y_scale - 0.5]
+    if x1 <= left or x0 >= right or y1 <= top or y0 >= bottom:
+        return None
+    x_scale, y_scale = image_size / (right - left), image_size / (bottom - top)
+    box = [(x0 - left) * x_scale - 0.5, (y0 - top) * y_scale - 0.5,
+           (x1 - left) * x_scale - 0.5, (y1 - top) * y_scale - 0.5]
     return [float(np.clip(value, 0, image_size - 1)) for value in box]
 
 
@@ -151,8 +159,9 @@ def evaluate_run(run, method="gradcam", layer_name=None, max_images=200, seed=0,
         for item, image in enumerate(images):
             index = int(chosen[offset + item])
             entry = boxes.get(test[index][0])
-            if entry is not None:
-                box, heatmap = scale_box(entry, size), for_true.heatmaps[item]
+            box = scale_box(entry, size, run.crop_from) if entry is not None else None
+            if box is not None:
+                heatmap = for_true.heatmaps[item]
                 located.append((pointing_game(heatmap, box, (size, size), tolerance),
                                 centre_point_baseline(box, (size, size), tolerance),
                                 energy_in_box(heatmap, box, (size, size)), box_share(box, size)))

@@ -1,9 +1,10 @@
 """From files on disk to explanation figures: what ``explain.py --image`` calls.
 
 A saved model (``.keras``) and images in, PNG figures out, one short line per figure.
-Images reach the model exactly as in training (``data.pipeline.decode_and_resize``);
-figures show the decoded original, un-normalized and at its own size, with the
-heatmap stretched back onto it.
+Images reach the model exactly as in evaluation (``data.pipeline.decode_and_resize``);
+figures show the decoded original, un-normalized and at its own size (only the part the
+model sees, for a run evaluated on a central crop), with the heatmap stretched back
+onto it.
 """
 
 import dataclasses
@@ -13,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from keras_caltech.data.pipeline import decode, decode_and_resize
+from keras_caltech.data.pipeline import crop_window, decode, decode_and_resize
 from keras_caltech.errors import UserError
 from keras_caltech.explain.figures import (explanation_figure, feature_map_figure,
                                            gradient_figure, patches_figure, prediction_title,
@@ -34,8 +35,9 @@ class ImageFile:
 
     Attributes:
         path: the file.
-        pixels: (size, size, 3) float32 RGB 0-255, resized as in training.
-        original: (height, width, 3) uint8 RGB, the decoded file, for figures.
+        pixels: (size, size, 3) float32 RGB 0-255, resized as in evaluation.
+        original: (height, width, 3) uint8 RGB, the decoded file (the part of it the
+            model sees), for figures.
     """
 
     path: Path
@@ -43,12 +45,13 @@ class ImageFile:
     original: np.ndarray
 
 
-def read_image(path, image_size):
+def read_image(path, image_size, crop_from=0):
     """Reads an image file with the training pipeline's decoder.
 
     Args:
         path: a JPEG, PNG, GIF (first frame) or BMP file.
         image_size: side of the model's square input.
+        crop_from: the run's ``augment.resize_crop`` (see ``pipeline.resize_for_model``).
 
     Returns:
         An :class:`ImageFile`.
@@ -65,11 +68,12 @@ def read_image(path, image_size):
         raise UserError(f"image file {path} is empty (0 bytes)")
     encoded = tf.io.read_file(str(path))
     try:
-        pixels = decode_and_resize(encoded, image_size).numpy()
-        original = decode(encoded).numpy()
+        pixels = decode_and_resize(encoded, image_size, crop_from).numpy()
+        original = decode(encoded).numpy()  # (h, w, 3) uint8
     except tf.errors.InvalidArgumentError:
         raise UserError(f"cannot decode {path} as an image (JPEG, PNG, GIF or BMP)") from None
-    return ImageFile(path=path, pixels=pixels, original=original)
+    x0, y0, x1, y1 = np.round(crop_window(original.shape[1], original.shape[0], image_size, crop_from)).astype(int)
+    return ImageFile(path=path, pixels=pixels, original=original[y0:y1, x0:x1])
 
 
 def _bare_name(folder_name):
@@ -138,7 +142,7 @@ def top_classes(probabilities, class_names, k=TOP_K):
 
 
 def explain_images(model, image_paths, method="gradcam", class_index=None, layer_name=None,
-                   channel=None, class_names=None, output_dir="explanations"):
+                   channel=None, class_names=None, output_dir="explanations", crop_from=0):
     """Explains images with one method and writes a figure per image (or per layer).
 
     Args:
@@ -150,6 +154,7 @@ def explain_images(model, image_paths, method="gradcam", class_index=None, layer
         channel: ``patches`` only: the channel of ``layer_name`` to maximize.
         class_names: names of the classes, or None.
         output_dir: folder for the PNG files.
+        crop_from: the run's ``augment.resize_crop`` (see ``pipeline.resize_for_model``).
 
     Returns:
         A list of :class:`Written`.
@@ -157,7 +162,7 @@ def explain_images(model, image_paths, method="gradcam", class_index=None, layer
     if method not in METHODS:
         raise UserError(f"unknown method {method!r}. Valid methods: {', '.join(METHODS)}")
     size = model_image_size(model)
-    files = [read_image(path, size) for path in image_paths]
+    files = [read_image(path, size, crop_from) for path in image_paths]
     output_dir = Path(output_dir)
     if method == "patches":
         images = np.stack([file.pixels for file in files])  # (n, size, size, 3)

@@ -41,6 +41,11 @@ class ExplainedRun:
         """Side of the square images the model takes."""
         return model_image_size(self.model)
 
+    @property
+    def crop_from(self):
+        """The run's ``augment.resize_crop``: its test view is a central crop of that resize."""
+        return self.folder.config.augment.resize_crop
+
 
 def model_image_size(model):
     """Side of the model's square input.
@@ -136,7 +141,7 @@ def split_dataset(run, split="test", indices=None, batch_size=BATCH_SIZE):
         ([str(paths[index]) for index in indices], np.asarray(labels, np.int32)[indices]))
 
     def read(path, label):
-        return decode_and_resize(tf.io.read_file(path), size), label
+        return decode_and_resize(tf.io.read_file(path), size, run.crop_from), label
 
     dataset = dataset.map(read, num_parallel_calls=tf.data.AUTOTUNE)
     return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)

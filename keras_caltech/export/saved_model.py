@@ -18,7 +18,8 @@ the highest one and ignores any other name) and answers on three signatures:
 
 Inside, images are decoded and resized by ``decode_and_resize``, the function the
 evaluation pipeline's preprocessing is defined by, and normalized by the model's own
-first layer, so served answers equal evaluation's. Bytes that do not decode fail the
+first layer, so served answers equal evaluation's (for a run trained on random crops of
+a larger resize, the same central crop of that resize). Bytes that do not decode fail the
 whole request with InvalidArgument (TF Serving answers HTTP 400 with the message): a
 batch never comes back with a made-up answer for an unreadable image.
 """
@@ -31,7 +32,7 @@ import uuid
 import keras
 import tensorflow as tf
 
-from keras_caltech.data.pipeline import decode_and_resize
+from keras_caltech.data.pipeline import decode_and_resize, resize_for_model
 from keras_caltech.errors import UserError
 from keras_caltech.export.heatmap import gradcam_heatmaps, gradcam_model
 from keras_caltech.export.layout import next_version
@@ -42,13 +43,14 @@ from keras_caltech.training.run_folder import open_run
 TOP_K = 5
 
 
-def build_archive(model, class_names):
+def build_archive(model, class_names, crop_from=0):
     """Wraps a trained classifier in the three serving signatures.
 
     Args:
         model: a registered classifier (``model.name`` is its registry name):
             (batch, size, size, 3) float 0-255 RGB in, logits out.
         class_names: class names in label order, one per logit.
+        crop_from: the run's ``augment.resize_crop`` (see ``pipeline.resize_for_model``).
 
     Returns:
         A ``keras.export.ExportArchive`` ready for ``write_out``.
@@ -72,7 +74,7 @@ def build_archive(model, class_names):
 
     def decode_batch(image_bytes):
         def decode_one(encoded):
-            return decode_and_resize(encoded, image_size)
+            return decode_and_resize(encoded, image_size, crop_from)
 
         # Images of different sizes cannot share a batch before resizing: one at a time.
         return tf.map_fn(decode_one, image_bytes, fn_output_signature=tf.TensorSpec(
@@ -88,8 +90,8 @@ def build_archive(model, class_names):
         return classify(decode_batch(image_bytes))
 
     def serve_images(images):
-        # The same bilinear resize as decode_and_resize, on pixels already decoded.
-        return classify(tf.image.resize(images, (image_size, image_size), method="bilinear"))
+        # The same resize as decode_and_resize, on pixels already decoded.
+        return classify(resize_for_model(images, image_size, crop_from))
 
     def serve_gradcam(image_bytes):
         result = gradcam_heatmaps(taps, decode_batch(image_bytes))
@@ -109,7 +111,7 @@ def build_archive(model, class_names):
     return archive
 
 
-def export_model(model, class_names, base_dir, name, version=None):
+def export_model(model, class_names, base_dir, name, version=None, crop_from=0):
     """Writes ``model`` as a SavedModel to ``base_dir/name/version/``.
 
     Args:
@@ -118,6 +120,7 @@ def export_model(model, class_names, base_dir, name, version=None):
         base_dir: the folder TF Serving's models live in, e.g. ``saved_models``.
         name: the served model's name (one folder name).
         version: a positive integer, or None for the next free one.
+        crop_from: the run's ``augment.resize_crop`` (see :func:`build_archive`).
 
     Returns:
         The version folder as a pathlib.Path.
@@ -137,7 +140,7 @@ def export_model(model, class_names, base_dir, name, version=None):
         raise UserError(f"{target} already exists; TF Serving versions are never overwritten. "
                         f"Pick another --version (next free: {next_version(model_dir)}) "
                         "or omit it")
-    archive = build_archive(model, class_names)
+    archive = build_archive(model, class_names, crop_from)
     # Written under a name TF Serving ignores (not an integer), then renamed into place,
     # so a server watching the folder never loads a half-written version.
     # mkdir (not mkdtemp, which makes the folder private) keeps the umask's permissions,
@@ -175,4 +178,5 @@ def export_run(run_dir, base_dir="saved_models", name=None, version=None):
     """
     run = open_run(run_dir)
     model = load_model_safely(run.model_path)
-    return export_model(model, run.class_names, base_dir, name or run.path.resolve().name, version)
+    return export_model(model, run.class_names, base_dir, name or run.path.resolve().name, version,
+                        crop_from=run.config.augment.resize_crop)

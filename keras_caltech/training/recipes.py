@@ -218,7 +218,8 @@ def make_fit_data(config, views, class_names, cache_dir, final_size, class_weigh
         cache_path=pathlib.Path(cache_dir) / f"train{suffix}", seed=seed,
         load_size=load_size(config.augment, size), balanced=config.data.balanced_sampling)
     val_data = (make_dataset(views["val"], class_names, size, batch_size, cache=config.data.cache,
-                             cache_path=pathlib.Path(cache_dir) / f"val{suffix}") if "val" in views else None)
+                             cache_path=pathlib.Path(cache_dir) / f"val{suffix}",
+                             crop_from=config.augment.resize_crop) if "val" in views else None)
     if val_data is not None and uses_class_probabilities(config):
         val_data = one_hot_labels(val_data, num_classes)
     return train_batches, val_data

@@ -263,7 +263,8 @@ def train(config, output_dir=None, *, resume=False, verbose=None, log=print):
     if config.export.enabled and worker_index(strategy) == 0:
         try:
             export_dir = export_model(load_model_safely(run_dir / BEST_MODEL), class_names, config.export.base_dir,
-                                      config.export.name or run_dir.resolve().name)
+                                      config.export.name or run_dir.resolve().name,
+                                      crop_from=config.augment.resize_crop)
         except UserError as error:
             raise UserError(f"training finished (run folder {run_dir}) but the export failed: {error}. "
                             f"Retry with: python -m keras_caltech export {run_dir} "
