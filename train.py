@@ -68,6 +68,7 @@ def _train_command(argv):
     from keras_caltech.errors import UserError
     from keras_caltech.training import trainer
     from keras_caltech.training.resume import load_run_config
+    from keras_caltech.workflow import train_evaluate_export
 
     strategy = [f"train.strategy={args.strategy}"] if args.strategy else []
     if args.resume:
@@ -77,7 +78,7 @@ def _train_command(argv):
             raise UserError(f"--resume continues a run with the config saved in its folder; it cannot be "
                             f"combined with {flags}. Received: --resume {args.resume} {flags}")
         config = load_run_config(args.resume, strategy)
-        summary = trainer.train(config, args.resume, resume=True)
+        summary = train_evaluate_export(config, args.resume, resume=True)
     else:
         overrides = list(args.set) + ([f"data.root={args.data}"] if args.data else []) + strategy
         if args.init_from:
@@ -89,7 +90,7 @@ def _train_command(argv):
         if args.dry_run:
             trainer.dry_run(config)
             return 0
-        summary = trainer.train(config, args.output_dir)
+        summary = train_evaluate_export(config, args.output_dir)
     print(f"test top-1 {summary['top1']:.2%}  top-5 {summary['top5']:.2%}  "
           f"mean per-class {summary['mean_per_class_accuracy']:.2%}  ({summary['num_test']} test images, "
           f"{summary['num_excluded']} files excluded)")

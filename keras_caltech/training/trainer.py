@@ -1,4 +1,6 @@
-"""The training story: data -> splits -> pipeline -> model -> fit -> evaluation -> run folder.
+"""The training story: data -> splits -> pipeline -> model -> fit -> run folder.
+
+Evaluation and export follow in ``keras_caltech.workflow``, one layer up.
 
 A run trains in phases (phases.py), each one call of the training loop (loop.py) under
 any tf.distribute strategy (distribute.py) and precision (precision.py). It can be
@@ -23,11 +25,7 @@ from keras_caltech.data.pipeline import NORMALIZATION_MODES, EpochBatches, chann
 from keras_caltech.data.scan import discover_classes, scan_dataset
 from keras_caltech.data.splits import SPLIT_NAMES, stratified_split
 from keras_caltech.errors import UserError
-from keras_caltech.evaluation.evaluate import evaluate_run
-from keras_caltech.evaluation.tta import check_tta_mode
-from keras_caltech.export.saved_model import export_model
 from keras_caltech.models import create_model, get_model_entry
-from keras_caltech.models.loading import load_model_safely
 from keras_caltech.training import phases, recipes
 from keras_caltech.training.callbacks import BestCheckpoint, StopOnNonFiniteLoss
 from keras_caltech.training.distribute import make_strategy, worker_index, worker_run_dir
@@ -147,7 +145,7 @@ def _new_run(config, run_dir, log):
 
 @holds_run_folder
 def train(config, output_dir=None, *, resume=False, verbose=None, log=print):
-    """Trains, evaluates and writes a run folder for ``config``.
+    """Trains ``config`` and writes its run folder, with its best model as ``best.keras``.
 
     Args:
         config: a resolved Config.
@@ -158,18 +156,16 @@ def train(config, output_dir=None, *, resume=False, verbose=None, log=print):
         log: where progress lines go.
 
     Returns:
-        A summary dict: run_dir, export_dir (None when config.export.enabled is false,
-        and on every worker but the chief), top1, top5, mean_per_class_accuracy,
-        num_test, num_excluded, epochs_run, best_epoch, seconds.
+        A dict: run_dir (pathlib.Path), class_names, num_excluded (files the scan left
+        out), epochs_run, best_epoch, monitor and best_monitor_value (what chose
+        ``best.keras``), chief (False on every multi-worker worker but the chief).
 
     Raises:
         UserError: bad data, config or model choice, a run folder in use, or a loss that became NaN.
         TrainingInterrupted: Ctrl-C after the run folder was created (it can be resumed).
     """
-    started = time.time()
     entry = get_model_entry(config.model.name)  # fail on a bad name before any heavy work
-    check_tta_mode(config.eval.tta)  # ... and on a bad eval.tta before training, not after
-    phases.plan_phases(config)  # and on phase settings that contradict each other
+    phases.plan_phases(config)  # ... and on phase settings that contradict each other
     recipes.check_recipe(config)
     strategy = make_strategy(config.train.strategy)  # before other TensorFlow ops: multi-worker sets up the runtime
     set_precision(config.train.precision, log=log)
@@ -255,22 +251,6 @@ def train(config, output_dir=None, *, resume=False, verbose=None, log=print):
         raise UserError(f"training stopped: the loss became NaN or infinite in epoch {nan_guard.stopped_epoch}; "
                         f"{last_good}. Try a lower train.learning_rate")
 
-    metrics = evaluate_run(run_dir, config.eval.tta, log=log, extra={
-        "best_epoch": checkpoint.best_epoch, "monitor": monitor, "best_monitor_value": checkpoint.best})
-    export_dir = None
-    # The best model, for TF Serving: BASE_DIR/NAME/VERSION/. In a multi-worker run only
-    # the chief exports: the workers' models are the same, and they share BASE_DIR.
-    if config.export.enabled and worker_index(strategy) == 0:
-        try:
-            export_dir = export_model(load_model_safely(run_dir / BEST_MODEL), class_names, config.export.base_dir,
-                                      config.export.name or run_dir.resolve().name,
-                                      crop_from=config.augment.resize_crop)
-        except UserError as error:
-            raise UserError(f"training finished (run folder {run_dir}) but the export failed: {error}. "
-                            f"Retry with: python -m keras_caltech export {run_dir} "
-                            f"--base-dir {config.export.base_dir}") from error
-    return {"run_dir": str(run_dir), "top1": metrics["top1"], "top5": metrics["top5"],
-            "mean_per_class_accuracy": metrics["mean_per_class_accuracy"], "num_test": metrics["num_examples"],
-            "num_excluded": len(scan.excluded), "epochs_run": epoch,
-            "best_epoch": checkpoint.best_epoch, "seconds": round(time.time() - started, 1),
-            "export_dir": None if export_dir is None else str(export_dir)}
+    return {"run_dir": run_dir, "class_names": class_names, "num_excluded": len(scan.excluded),
+            "epochs_run": epoch, "best_epoch": checkpoint.best_epoch, "monitor": monitor,
+            "best_monitor_value": checkpoint.best, "chief": worker_index(strategy) == 0}

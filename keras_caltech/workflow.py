@@ -1,0 +1,60 @@
+"""What ``python train.py`` does: train, evaluate the best model, export it for serving.
+
+Training (training/trainer.py) knows nothing of evaluation or export; this module, one
+layer above all three, chains them, so each stays usable alone
+(``python -m keras_caltech evaluate`` / ``export`` redo the last two for a finished run).
+"""
+
+import time
+
+from keras_caltech.errors import UserError
+from keras_caltech.evaluation.evaluate import evaluate_run
+from keras_caltech.evaluation.tta import check_tta_mode
+from keras_caltech.export.saved_model import export_model
+from keras_caltech.models.loading import load_model_safely
+from keras_caltech.training import trainer
+from keras_caltech.training.run_folder import BEST_MODEL
+
+
+def train_evaluate_export(config, output_dir=None, *, resume=False, log=print):
+    """Trains ``config``, evaluates its best model on the test split, and exports it.
+
+    Args:
+        config: a resolved Config.
+        output_dir: the run folder; default ``runs/<name>-<timestamp>``.
+        resume: continue the run in ``output_dir`` (see ``trainer.train``).
+        log: where progress lines go.
+
+    Returns:
+        A summary dict: run_dir, export_dir (None when config.export.enabled is false,
+        and on every worker but the chief), top1, top5, mean_per_class_accuracy,
+        num_test, num_excluded, epochs_run, best_epoch, seconds.
+
+    Raises:
+        UserError: see ``trainer.train``; a failed export names the command that retries it.
+        TrainingInterrupted: Ctrl-C during training (the run can be resumed).
+    """
+    started = time.time()
+    check_tta_mode(config.eval.tta)  # a bad eval.tta fails before training, not after
+    trained = trainer.train(config, output_dir, resume=resume, log=log)
+    run_dir = trained["run_dir"]
+    metrics = evaluate_run(run_dir, config.eval.tta, log=log, extra={
+        "best_epoch": trained["best_epoch"], "monitor": trained["monitor"],
+        "best_monitor_value": trained["best_monitor_value"]})
+    export_dir = None
+    # The best model, for TF Serving: BASE_DIR/NAME/VERSION/. In a multi-worker run only
+    # the chief exports: the workers' models are the same, and they share BASE_DIR.
+    if config.export.enabled and trained["chief"]:
+        try:
+            export_dir = export_model(load_model_safely(run_dir / BEST_MODEL), trained["class_names"],
+                                      config.export.base_dir, config.export.name or run_dir.resolve().name,
+                                      crop_from=config.augment.resize_crop)
+        except UserError as error:
+            raise UserError(f"training finished (run folder {run_dir}) but the export failed: {error}. "
+                            f"Retry with: python -m keras_caltech export {run_dir} "
+                            f"--base-dir {config.export.base_dir}") from error
+    return {"run_dir": str(run_dir), "top1": metrics["top1"], "top5": metrics["top5"],
+            "mean_per_class_accuracy": metrics["mean_per_class_accuracy"], "num_test": metrics["num_examples"],
+            "num_excluded": trained["num_excluded"], "epochs_run": trained["epochs_run"],
+            "best_epoch": trained["best_epoch"], "seconds": round(time.time() - started, 1),
+            "export_dir": None if export_dir is None else str(export_dir)}
