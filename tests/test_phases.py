@@ -192,6 +192,16 @@ def test_init_from_another_architecture_is_refused_with_the_model_to_use(progres
     assert "holds a 'mycnn' model, but this run builds 'resnet18'; set model.name=mycnn" in err[0]
 
 
+def test_a_dry_run_checks_init_from_as_training_would(progressive_run, tiny_dataset, tmp_path, capsys):
+    assert train.main(["--data", str(tiny_dataset), *TINY, "--init-from", str(progressive_run),
+                       "--dry-run"]) == 0
+    assert f"initialized mycnn from {progressive_run / 'best.keras'}" in capsys.readouterr().out
+    code = train.main(["--data", str(tiny_dataset), *TINY, "--init-from", str(tmp_path / "no_such_run"),
+                       "--dry-run"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "no_such_run" in err[0], err
+
+
 # --- Plans -----------------------------------------------------------------------------
 
 

@@ -14,6 +14,7 @@ import csv
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -266,3 +267,15 @@ def test_a_damaged_training_state_is_refused_not_trusted(reference, tmp_path, ca
     (run_dir / STATE_FILE).write_bytes(b"")  # e.g. a disk that filled up
     code, err = _error_of(["--resume", str(run_dir)], capsys)
     assert code == 2 and len(err) == 1 and f"{run_dir / STATE_FILE} is damaged" in err[0], err
+
+
+def test_run_folder_files_written_atomically_get_the_usual_permissions_not_private_ones(tmp_path):
+    from keras_caltech.training.run_folder import write_json
+
+    umask = os.umask(0)
+    os.umask(umask)
+    write_json(tmp_path / "metrics.json", {"top1": 0.5})
+    (tmp_path / "plain.txt").write_text("")  # what any new file gets
+    modes = [stat.S_IMODE((tmp_path / name).stat().st_mode) for name in ("metrics.json", "plain.txt")]
+    assert modes[0] == modes[1] == 0o666 & ~umask and modes[0] != 0o600
+    assert not list(tmp_path.glob(".*.tmp*"))

@@ -66,13 +66,13 @@ def build_augmenter(augment, image_size, seed=0):
         # solarization, colour degeneration, ...), each at strength ``factor``.
         steps.append(keras.layers.RandAugment(
             value_range=(0, 255), num_ops=augment.rand_augment_ops, factor=augment.rand_augment_factor,
-            seed=seed + 8, name="rand_augment"))
+            seed=seed + 10, name="rand_augment"))
     if augment.random_erasing:
         # Last, so the erased patch is not rotated or recoloured. A (p, p) factor erases
         # with probability exactly p (a single float would draw p from [0, p]).
         steps.append(keras.layers.RandomErasing(
             factor=(augment.random_erasing, augment.random_erasing), value_range=(0, 255),
-            seed=seed + 9, name="random_erasing"))
+            seed=seed + 11, name="random_erasing"))
     if not steps:
         return None
     return keras.Sequential(steps, name="augment")

@@ -124,6 +124,21 @@ def upsample(heatmaps, size):
     return resized[0] if single else resized
 
 
+def _tap_layer(explainer, model, layer_name, batch_size):
+    """Sets what every CAM explainer keeps: the model, its explained layer, and a sub-model
+    ``_taps`` whose outputs are that layer's activations and the logits.
+
+    Raises:
+        UserError: the layer is missing or not 4-D.
+    """
+    explainer.model = model
+    explainer.layer_name = resolve_spatial_layer(model, layer_name)
+    explainer.batch_size = batch_size
+    explainer.image_shape = image_shape(model)
+    explainer._taps = tap_model(model, [explainer.layer_name])  # outputs: [activations, logits]
+    explainer.num_classes = explainer._taps.outputs[-1].shape[-1]
+
+
 class GradCam:
     """Grad-CAM (Selvaraju et al. 2017): feature maps weighted by their mean gradient.
 
@@ -144,12 +159,7 @@ class GradCam:
     method = "Grad-CAM"
 
     def __init__(self, model, layer_name=None, batch_size=32):
-        self.model = model
-        self.layer_name = resolve_spatial_layer(model, layer_name)
-        self.batch_size = batch_size
-        self.image_shape = image_shape(model)
-        self._taps = tap_model(model, [self.layer_name])
-        self.num_classes = self._taps.outputs[-1].shape[-1]
+        _tap_layer(self, model, layer_name, batch_size)
         # One trace for every batch size: a fixed signature with a free batch axis.
         # Tracing now makes a disconnected layer fail here rather than at first use.
         # autograph=False: the graph has no Python control flow on tensors, and errors
@@ -234,12 +244,7 @@ class ScoreCam:
     method = "Score-CAM"
 
     def __init__(self, model, layer_name=None, batch_size=32):
-        self.model = model
-        self.layer_name = resolve_spatial_layer(model, layer_name)
-        self.batch_size = batch_size
-        self.image_shape = image_shape(model)
-        self._taps = tap_model(model, [self.layer_name])
-        self.num_classes = self._taps.outputs[-1].shape[-1]
+        _tap_layer(self, model, layer_name, batch_size)
         spec = tf.TensorSpec((None, *self.image_shape), tf.float32)
         self._forward = tf.function(lambda images: self._taps(images, training=False),
                                     input_signature=[spec])

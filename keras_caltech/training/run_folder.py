@@ -32,6 +32,18 @@ from keras_caltech.errors import UserError
 BEST_MODEL = "best.keras"
 
 
+def _umask_file_mode():
+    """The mode ``open()`` gives a new file under this process's umask (read once, at import)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+# mkstemp makes its files private (0600); a run folder's files get the mode any other
+# new file gets, so a colleague or a serving container can read them where the umask allows.
+FILE_MODE = _umask_file_mode()
+
+
 @contextlib.contextmanager
 def replaced_atomically(path):
     """Yields a temporary path beside ``path``; when the block succeeds, renames it over ``path``.
@@ -48,6 +60,7 @@ def replaced_atomically(path):
         yield pathlib.Path(temporary)
         with open(temporary, "rb") as handle:
             os.fsync(handle.fileno())  # on disk before the rename makes it visible
+        os.chmod(temporary, FILE_MODE)
         os.replace(temporary, path)
     except BaseException:
         pathlib.Path(temporary).unlink(missing_ok=True)

@@ -93,8 +93,10 @@ def dry_run(config, log=print):
     """Builds the model the config describes, prints its summary and parameter count; trains nothing.
 
     Pretrained weights are never loaded or downloaded: the model is built with
-    ``weights=None``, which has the same layers and parameter count. The phases,
-    augmentation, loss and schedule settings are checked as training would check them.
+    ``weights=None``, which has the same layers and parameter count. Another run's
+    weights (``model.init_from``, a local file) are loaded, so a wrong path or
+    architecture fails here. The phases, augmentation, loss and schedule settings are
+    checked as training would check them.
     """
     plan = phases.plan_phases(config)
     recipes.check_recipe(config)
@@ -104,6 +106,8 @@ def dry_run(config, log=print):
                                       config.data.exclude_classes)
     model = build_model(config, len(class_names))
     phases.check_fine_tune_blocks(model, config)
+    if config.model.init_from:
+        phases.initialize_from_run(model, config.model.init_from, log)
     model.summary(print_fn=log)
     log(f"{config.model.name}: {model.count_params():,} parameters, {len(class_names)} classes, "
         f"{config.data.image_size} px input")
