@@ -95,7 +95,7 @@ def explain(args):
     if args.image:
         return report.explain_images(model, args.image, args.method, class_index, args.layer,
                                      args.channel, class_names, output_dir,
-                                     run.crop_from if run else 0), []
+                                     run.crop_from if run else runs.crop_from_beside(args.model)), []
     if args.sample:
         return gallery.sample_gallery(run, *args.sample, args.method, args.layer, class_index,
                                       args.seed, output_dir)

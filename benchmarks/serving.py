@@ -49,15 +49,19 @@ def parse_args(argv):
 
 
 def load_or_build_model(args):
-    """(model, class names): the run's best model, or a fresh MyCNN with random weights."""
+    """(model, class names, crop_from): the run's best model, or a fresh MyCNN with random weights.
+
+    ``crop_from`` is the run's ``augment.resize_crop`` (0 for the fresh model): served
+    images are cut as that run's evaluation cuts them.
+    """
     if args.run:
         from keras_caltech.models.loading import load_model_safely
         from keras_caltech.training.run_folder import open_run
         run = open_run(args.run)
-        return load_model_safely(run.model_path), run.class_names
+        return load_model_safely(run.model_path), run.class_names, run.config.augment.resize_crop
     from keras_caltech.models import create_model
     model = create_model("mycnn", args.num_classes, args.image_size)
-    return model, [f"{index:03d}.class{index}" for index in range(1, args.num_classes + 1)]
+    return model, [f"{index:03d}.class{index}" for index in range(1, args.num_classes + 1)], 0
 
 
 def make_jpegs(count, height, seed=0):
@@ -103,18 +107,18 @@ def main(argv=None):
         print("error: --saved-model needs --run, the run it was exported from (its Keras model is the baseline)",
               file=sys.stderr)
         return 2
-    model, class_names = load_or_build_model(args)
+    model, class_names, crop_from = load_or_build_model(args)
     image_size = model.input_shape[1]
     jpegs = make_jpegs(args.batch_size, args.source_size)
     pixels = [tf.cast(tf.io.decode_jpeg(encoded, channels=3), tf.float32) for encoded in jpegs]
-    decoded = tf.stack([decode_and_resize(encoded, image_size) for encoded in jpegs])  # (n, size, size, 3)
+    decoded = tf.stack([decode_and_resize(encoded, image_size, crop_from) for encoded in jpegs])  # (n, size, size, 3)
 
     @tf.function
     def keras_model(images):
         return model(images, training=False)
 
     with tempfile.TemporaryDirectory() as folder:
-        saved_model = args.saved_model or export_model(model, class_names, folder, "benchmark")
+        saved_model = args.saved_model or export_model(model, class_names, folder, "benchmark", crop_from=crop_from)
         signatures = tf.saved_model.load(str(saved_model)).signatures
         serving_default, predict_images = signatures["serving_default"], signatures["predict_images"]
         rows = [

@@ -13,9 +13,11 @@ from keras_caltech.evaluation.tta import check_tta_mode
 from keras_caltech.export.saved_model import export_model
 from keras_caltech.models.loading import load_model_safely
 from keras_caltech.training import trainer
+from keras_caltech.training.lock import holds_run_folder
 from keras_caltech.training.run_folder import BEST_MODEL
 
 
+@holds_run_folder  # the run folder stays locked through evaluation and export
 def train_evaluate_export(config, output_dir=None, *, resume=False, log=print):
     """Trains ``config``, evaluates its best model on the test split, and exports it.
 
@@ -32,7 +34,8 @@ def train_evaluate_export(config, output_dir=None, *, resume=False, log=print):
 
     Raises:
         UserError: see ``trainer.train``; a failed export names the command that retries it.
-        TrainingInterrupted: Ctrl-C during training (the run can be resumed).
+        TrainingInterrupted: Ctrl-C once the run folder exists (the run can be resumed:
+            a resume of a fully trained run only evaluates and exports).
     """
     started = time.time()
     check_tta_mode(config.eval.tta)  # a bad eval.tta fails before training, not after

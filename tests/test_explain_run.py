@@ -258,3 +258,11 @@ def test_user_errors_are_one_line_with_exit_code_2(run_dir, bad_images, capsys, 
     code, out, err = run_explain([fill(part) for part in arguments], capsys)
     assert code == 2 and err.startswith(fill(message)) and err.count("\n") == 1, err
     assert "Traceback" not in err and out == ""
+
+
+def test_a_model_file_in_a_run_folder_is_explained_on_that_runs_central_crop(tmp_path):
+    from keras_caltech.explain.runs import crop_from_beside
+
+    assert crop_from_beside(tmp_path / "best.keras") == 0  # no config beside: the whole image
+    (tmp_path / "config.yaml").write_text("data:\n  image_size: 32\naugment:\n  resize_crop: 40\n")
+    assert crop_from_beside(tmp_path / "best.keras") == 40

@@ -185,6 +185,24 @@ def test_ctrl_c_stops_cleanly_says_how_to_resume_and_exits_130(tiny_dataset, tmp
     assert len(_history(run_dir)) == 1
 
 
+def test_the_folder_stays_locked_through_evaluation_and_ctrl_c_there_says_how_to_resume(
+        tiny_dataset, tmp_path, capsys, monkeypatch):
+    from keras_caltech import workflow
+
+    run_dir = tmp_path / "run"
+    seen = []
+
+    def interrupted_evaluation(folder, *args, **kwargs):
+        seen.append(lock_module.RunLock(folder).owner())
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(workflow, "evaluate_run", interrupted_evaluation)
+    code, err = _error_of(_args(tiny_dataset, run_dir), capsys)
+    assert seen and seen[0][0] == os.getpid()  # evaluation ran with this process holding the lock
+    assert code == 130 and err[0].endswith(f"python train.py --resume {run_dir}"), err
+    assert not (run_dir / lock_module.LOCK_FILE).exists()
+
+
 def test_a_run_of_two_phases_resumes_exactly_in_the_phase_it_stopped_in(tiny_dataset, tmp_path, capsys,
                                                                         monkeypatch):
     """Progressive resizing (epoch 1 at 32 px, epoch 2 at 40 px), with RandAugment, MixUp and

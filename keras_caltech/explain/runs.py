@@ -13,6 +13,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_caltech.config import load_config
 from keras_caltech.data.pipeline import decode_and_resize
 from keras_caltech.errors import UserError
 from keras_caltech.explain.layers import image_shape
@@ -72,6 +73,12 @@ def check_class_names(class_names, num_classes, source):
         raise UserError(f"{source} must hold a list of {num_classes} class names, one per "
                         f"model output. Received {type(class_names).__name__} of length {length}")
     return [str(name) for name in class_names]
+
+
+def crop_from_beside(path):
+    """The ``augment.resize_crop`` of the run a ``.keras`` file sits in (its ``config.yaml``), else 0."""
+    config_path = Path(path).with_name("config.yaml")
+    return load_config(config_path).augment.resize_crop if config_path.is_file() else 0
 
 
 def load_model_file(path):

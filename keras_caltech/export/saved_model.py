@@ -14,7 +14,9 @@ the highest one and ignores any other name) and answers on three signatures:
 ``gradcam``
     ``image_bytes`` as above. Outputs ``class_index`` int32 (batch,), ``class_name``
     string (batch,), ``score`` float32 (batch,) (its probability), ``heatmap`` float32
-    (batch, size, size) in [0, 1] at the model's input size, ``empty`` bool (batch,).
+    (batch, size, size) in [0, 1] at the model's input size, ``empty`` bool (batch,). The
+    heatmap covers what the model sees: the whole image, or for a run trained on random
+    crops of a larger resize the central crop of that resize (``pipeline.crop_window``).
 
 Inside, images are decoded and resized by ``decode_and_resize``, the function the
 evaluation pipeline's preprocessing is defined by, and normalized by the model's own

@@ -193,6 +193,11 @@ def class_weights(labels, num_classes, mode="balanced"):
     return {index: float(weight) for index, weight in enumerate(weights)}
 
 
+def _crop_suffix(config, size):
+    """Names a validation cache of central crops apart from one of whole images."""
+    return f"_crop{config.augment.resize_crop}" if config.augment.resize_crop > size else ""
+
+
 def make_fit_data(config, views, class_names, cache_dir, final_size, class_weight=None):
     """The training batches and validation data of one phase's config.
 
@@ -218,7 +223,7 @@ def make_fit_data(config, views, class_names, cache_dir, final_size, class_weigh
         cache_path=pathlib.Path(cache_dir) / f"train{suffix}", seed=seed,
         load_size=load_size(config.augment, size), balanced=config.data.balanced_sampling)
     val_data = (make_dataset(views["val"], class_names, size, batch_size, cache=config.data.cache,
-                             cache_path=pathlib.Path(cache_dir) / f"val{suffix}",
+                             cache_path=pathlib.Path(cache_dir) / f"val{suffix}{_crop_suffix(config, size)}",
                              crop_from=config.augment.resize_crop) if "val" in views else None)
     if val_data is not None and uses_class_probabilities(config):
         val_data = one_hot_labels(val_data, num_classes)

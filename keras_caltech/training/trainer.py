@@ -29,7 +29,7 @@ from keras_caltech.models import create_model, get_model_entry
 from keras_caltech.training import phases, recipes
 from keras_caltech.training.callbacks import BestCheckpoint, StopOnNonFiniteLoss
 from keras_caltech.training.distribute import make_strategy, worker_index, worker_run_dir
-from keras_caltech.training.lock import holds_run_folder, lock_run_folder
+from keras_caltech.training.lock import lock_run_folder
 from keras_caltech.training.loop import build_training_state, fit
 from keras_caltech.training.optim import make_optimizer
 from keras_caltech.training.precision import set_precision
@@ -147,7 +147,6 @@ def _new_run(config, run_dir, log):
     return run_dir, scan, splits
 
 
-@holds_run_folder
 def train(config, output_dir=None, *, resume=False, verbose=None, log=print):
     """Trains ``config`` and writes its run folder, with its best model as ``best.keras``.
 
@@ -164,9 +163,12 @@ def train(config, output_dir=None, *, resume=False, verbose=None, log=print):
         out), epochs_run, best_epoch, monitor and best_monitor_value (what chose
         ``best.keras``), chief (False on every multi-worker worker but the chief).
 
+    The run folder stays locked (``lock.lock_run_folder``) until the caller, a
+    ``lock.holds_run_folder`` function such as ``workflow.train_evaluate_export``, returns:
+    evaluation and export write into it too.
+
     Raises:
         UserError: bad data, config or model choice, a run folder in use, or a loss that became NaN.
-        TrainingInterrupted: Ctrl-C after the run folder was created (it can be resumed).
     """
     entry = get_model_entry(config.model.name)  # fail on a bad name before any heavy work
     phases.plan_phases(config)  # ... and on phase settings that contradict each other
