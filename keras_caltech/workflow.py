@@ -5,6 +5,7 @@ layer above all three, chains them, so each stays usable alone
 (``python -m keras_caltech evaluate`` / ``export`` redo the last two for a finished run).
 """
 
+import pathlib
 import time
 
 from keras_caltech.errors import UserError
@@ -14,7 +15,11 @@ from keras_caltech.export.saved_model import export_model
 from keras_caltech.models.loading import load_model_safely
 from keras_caltech.training import trainer
 from keras_caltech.training.lock import holds_run_folder
-from keras_caltech.training.run_folder import BEST_MODEL
+from keras_caltech.training.run_folder import BEST_MODEL, read_json, write_json
+
+# Records the SavedModel a run exported, so that resuming a finished run (which
+# re-evaluates it) does not add an identical version for TF Serving to load.
+EXPORT_RECORD = "export.json"
 
 
 @holds_run_folder  # the run folder stays locked through evaluation and export
@@ -48,16 +53,29 @@ def train_evaluate_export(config, output_dir=None, *, resume=False, log=print):
     # The best model, for TF Serving: BASE_DIR/NAME/VERSION/. In a multi-worker run only
     # the chief exports: the workers' models are the same, and they share BASE_DIR.
     if config.export.enabled and trained["chief"]:
-        try:
-            export_dir = export_model(load_model_safely(run_dir / BEST_MODEL), trained["class_names"],
-                                      config.export.base_dir, config.export.name or run_dir.resolve().name,
-                                      crop_from=config.augment.resize_crop)
-        except UserError as error:
-            raise UserError(f"training finished (run folder {run_dir}) but the export failed: {error}. "
-                            f"Retry with: python -m keras_caltech export {run_dir} "
-                            f"--base-dir {config.export.base_dir}") from error
+        export_dir = _export_once(config, run_dir, trained["class_names"], log)
     return {"run_dir": str(run_dir), "top1": metrics["top1"], "top5": metrics["top5"],
             "mean_per_class_accuracy": metrics["mean_per_class_accuracy"], "num_test": metrics["num_examples"],
             "num_excluded": trained["num_excluded"], "epochs_run": trained["epochs_run"],
             "best_epoch": trained["best_epoch"], "seconds": round(time.time() - started, 1),
             "export_dir": None if export_dir is None else str(export_dir)}
+
+
+def _export_once(config, run_dir, class_names, log):
+    """Exports the run's best model unless this run already did; returns the version folder."""
+    record = run_dir / EXPORT_RECORD
+    if record.is_file():
+        previous = pathlib.Path(read_json(record)["export_dir"])
+        if previous.is_dir():
+            log(f"the best model was already exported to {previous}; not exporting it again")
+            return previous
+    try:
+        export_dir = export_model(load_model_safely(run_dir / BEST_MODEL), class_names,
+                                  config.export.base_dir, config.export.name or run_dir.resolve().name,
+                                  crop_from=config.augment.resize_crop)
+    except UserError as error:
+        raise UserError(f"training finished (run folder {run_dir}) but the export failed: {error}. "
+                        f"Retry with: python -m keras_caltech export {run_dir} "
+                        f"--base-dir {config.export.base_dir}") from error
+    write_json(record, {"export_dir": str(export_dir.resolve())})
+    return export_dir

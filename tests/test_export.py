@@ -389,3 +389,15 @@ def test_a_run_trained_on_crops_is_served_its_central_crop_as_in_evaluation(expo
     np.testing.assert_allclose(from_pixels["probabilities"].numpy(), expected[:1], atol=1e-4)
     whole = tf.nn.softmax(best_model(np.stack([load_image(files[0], IMAGE_SIZE)]), training=False)).numpy()
     assert not np.allclose(whole, expected[:1], atol=1e-4)  # the crop matters: not the whole-image answer
+
+
+def test_resuming_a_finished_run_does_not_export_an_identical_version_again(exported, tmp_path, capsys):
+    from conftest import copy_run
+
+    run_dir = copy_run(exported["run_dir"], tmp_path / "tiny")  # the same name, so the same served model
+    versions = sorted(path.name for path in exported["version_dir"].parent.iterdir())
+    assert train.main(["--resume", str(run_dir)]) == 0
+    out = capsys.readouterr().out
+    assert f"already exported to {exported['version_dir'].resolve()}" in out
+    assert f"SavedModel for TF Serving: {exported['version_dir'].resolve()}" in out
+    assert sorted(path.name for path in exported["version_dir"].parent.iterdir()) == versions
