@@ -14,15 +14,14 @@ each image's predicted class is explained.
 """
 
 import argparse
-import os
 import re
 import sys
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's C++ start-up chatter
+from keras_caltech.cli import ArgumentParser, import_tensorflow_quietly, run_command
+from keras_caltech.errors import UserError
 
-from keras_caltech.cli import ArgumentParser, run_command  # noqa: E402
-from keras_caltech.errors import UserError  # noqa: E402
+import_tensorflow_quietly()
 from keras_caltech.explain import gallery, metrics, report, runs  # noqa: E402
 
 

@@ -8,9 +8,7 @@ trains configs/default.yaml and prints the test accuracy and the run folder.
 import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's C++ start-up chatter
-
-from keras_caltech.cli import ArgumentParser, run_command  # noqa: E402  (light: no TensorFlow)
+from keras_caltech.cli import ArgumentParser, import_tensorflow_quietly, run_command  # light: no TensorFlow
 
 DOWNLOAD_DIR = "data"
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "default.yaml")
@@ -64,6 +62,7 @@ def main(argv=None):
 
 def _train_command(argv):
     args = parse_args(argv)
+    import_tensorflow_quietly()
     from keras_caltech.config import load_config
     from keras_caltech.errors import UserError
     from keras_caltech.training import trainer

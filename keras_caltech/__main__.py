@@ -9,10 +9,9 @@ Training is ``python train.py`` and explanations ``python explain.py``.
 """
 
 import importlib
-import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's C++ start-up chatter
+from keras_caltech.cli import import_tensorflow_quietly
 
 # command -> (module, function); each function is main(argv) -> exit code. Imported
 # lazily so that `--help` and a mistyped command answer without loading TensorFlow.
@@ -34,6 +33,7 @@ def main(argv=None):
         print(f"error: unknown command {command!r}. Valid commands: {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
     module_name, function_name = COMMANDS[command]
+    import_tensorflow_quietly()
     return getattr(importlib.import_module(module_name), function_name)(rest)
 
 
