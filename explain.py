@@ -39,6 +39,8 @@ def parse_args(argv):
     source = parser.add_argument_group("model (one of)")
     source.add_argument("--run", help="a run folder written by train.py (uses its best.keras)")
     source.add_argument("--model", help="a .keras model file")
+    source.add_argument("--data", help="with --run: the dataset folder, if it moved since training "
+                                       "(default: the folder in the run's splits.json)")
     action = parser.add_argument_group("what to explain (one of)")
     action.add_argument("--image", nargs="+", help="image file(s), RGB or grey")
     action.add_argument("--sample", type=grid_shape, metavar="AxB",
@@ -72,6 +74,8 @@ def check_args(args):
     if len(actions) > 1:
         raise UserError(f"give one of --image, --sample, --misclassified, --evaluate. "
                         f"Received: {', '.join(actions)}")
+    if args.data is not None and args.run is None:
+        raise UserError("--data says where a run's dataset moved to: use it with --run")
     if args.model is not None and actions and actions[0] != "--image":
         raise UserError(f"{actions[0]} reads a run's test split: pass --run runs/NAME instead of --model")
     if not actions and not (args.run and args.method == "patches"):
@@ -87,7 +91,7 @@ def check_args(args):
 
 def explain(args):
     """Does what the arguments ask; returns (written files, note lines)."""
-    run = runs.open_explained_run(args.run) if args.run else None
+    run = runs.open_explained_run(args.run, args.data) if args.run else None
     model, class_names = (run.model, run.class_names) if run else runs.load_model_file(args.model)
     output_dir = Path(args.output_dir or (Path(args.run) / "explain" if run else "explanations"))
     class_index = report.resolve_class(args.class_, class_names, model.outputs[0].shape[-1])

@@ -10,6 +10,8 @@ import sys
 from keras_caltech.cli import ArgumentParser, run_command
 from keras_caltech.errors import UserError
 
+DATA_HELP = ("the dataset folder, if it moved since training (default: the folder in the run's "
+             "splits.json)")
 TTA_HELP = "test-time augmentation: none | flip (image + mirror) | 10crop (corners + centre + mirrors)"
 
 
@@ -38,6 +40,7 @@ def _evaluate(argv):
     parser.add_argument("run", help="run folder, e.g. runs/default-20260101-120000")
     parser.add_argument("--tta", help=f"{TTA_HELP} (default: the run's eval.tta, normally none)")
     parser.add_argument("--batch-size", type=int, help="views per forward pass (default: the run's data.batch_size)")
+    parser.add_argument("--data", help=DATA_HELP)
     args = parser.parse_args(argv)
     _check_batch_size(args.batch_size)
     from keras_caltech.evaluation.evaluate import evaluate_run
@@ -47,7 +50,7 @@ def _evaluate(argv):
     if args.tta is not None:
         check_tta_mode(args.tta)  # before anything is loaded
     mode = args.tta or open_run(args.run).config.eval.tta
-    metrics = evaluate_run(args.run, mode, batch_size=args.batch_size)
+    metrics = evaluate_run(args.run, mode, batch_size=args.batch_size, data=args.data)
     print(f"{args.run}: {metrics['num_examples']} test images, {len(metrics['per_class_accuracy'])} classes")
     _print_metrics({name: metrics["tta"][name] for name in ("none", mode)})
     print(f"wrote metrics.json, confusion_matrix.png, per_class.png, report.html in {args.run}")
@@ -62,13 +65,14 @@ def _ensemble(argv):
     parser.add_argument("--output", help="new folder for metrics.json, the figures and report.html "
                                          "(default: runs/ensemble-DATE-TIME)")
     parser.add_argument("--batch-size", type=int, help="views per forward pass (default: each run's data.batch_size)")
+    parser.add_argument("--data", help=DATA_HELP.replace("the run's", "each run's"))
     args = parser.parse_args(argv)
     _check_batch_size(args.batch_size)
     from keras_caltech.evaluation.ensemble import evaluate_ensemble
     from keras_caltech.evaluation.tta import check_tta_mode
 
     check_tta_mode(args.tta)
-    metrics, _, output_dir = evaluate_ensemble(args.runs, args.tta, args.output, batch_size=args.batch_size)
+    metrics, _, output_dir = evaluate_ensemble(args.runs, args.tta, args.output, batch_size=args.batch_size, data=args.data)
     print(f"{'run':<40}{'top-1':>8}{'mean/class':>12}")
     for member in metrics["members"]:
         print(f"{member['run']:<40}{member['top1']:>8.2%}{member['mean_per_class_accuracy']:>12.2%}")

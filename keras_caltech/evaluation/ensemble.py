@@ -30,8 +30,10 @@ def default_output_dir():
     return pathlib.Path("runs") / f"ensemble-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def open_members(run_dirs):
+def open_members(run_dirs, data=None):
     """Opens the member runs and checks they answer the same question on the same images.
+
+    ``data``: the dataset folder of every member, if it moved since training.
 
     Raises:
         UserError: fewer than two runs, a run listed twice, a run without best.keras, or
@@ -42,7 +44,7 @@ def open_members(run_dirs):
     resolved = [pathlib.Path(run_dir).resolve() for run_dir in run_dirs]
     if len(set(resolved)) != len(resolved):
         raise UserError("the same run folder is listed twice; an ensemble member counts once")
-    runs = [open_evaluable_run(run_dir) for run_dir in run_dirs]
+    runs = [open_evaluable_run(run_dir, data) for run_dir in run_dirs]
     first = runs[0]
     for run in runs[1:]:
         if run.class_names != first.class_names:
@@ -90,7 +92,7 @@ def ensemble_predictions(runs, mode, batch_size=None, log=print):
     return Predictions(logits=logits, labels=members[0].labels, files=members[0].files), members
 
 
-def evaluate_ensemble(run_dirs, tta="none", output_dir=None, *, batch_size=None, log=print):
+def evaluate_ensemble(run_dirs, tta="none", output_dir=None, *, batch_size=None, data=None, log=print):
     """Evaluates the sum of several runs' logits and writes the results to ``output_dir``.
 
     Args:
@@ -98,6 +100,7 @@ def evaluate_ensemble(run_dirs, tta="none", output_dir=None, *, batch_size=None,
         tta: a TTA mode applied to every member.
         output_dir: a new (or empty) folder; default ``runs/ensemble-<date>-<time>``.
         batch_size: views per forward pass; default each run's ``data.batch_size``.
+        data: the members' dataset folder, if it moved since training.
         log: where progress lines go.
 
     Returns:
@@ -107,7 +110,7 @@ def evaluate_ensemble(run_dirs, tta="none", output_dir=None, *, batch_size=None,
         UserError: bad mode, incompatible runs, or an output folder that holds files.
     """
     mode = check_tta_mode(tta)
-    runs = open_members(run_dirs)
+    runs = open_members(run_dirs, data)
     output_dir = create_run_folder(output_dir or default_output_dir())  # refuse a used folder before the work
     try:
         predictions, members = ensemble_predictions(runs, mode, batch_size, log)

@@ -55,13 +55,15 @@ class Predictions:
     files: list
 
 
-def open_evaluable_run(run_dir):
+def open_evaluable_run(run_dir, data=None):
     """Opens a run folder that holds a best model; errors say what is missing.
+
+    ``data``: the dataset folder if it moved (see :func:`open_run`).
 
     Raises:
         UserError: not a run folder, or no ``best.keras`` in it.
     """
-    run = open_run(run_dir)
+    run = open_run(run_dir, data)
     if not run.model_path.is_file():
         raise UserError(f"{run.path} holds no {BEST_MODEL}: its training saved no checkpoint "
                         "(stopped before the first epoch ended?). Evaluate a run folder that has one")
@@ -81,13 +83,7 @@ def materialize_test_split(run, view_dir):
     pairs = run.splits["test"]
     if not pairs:
         raise UserError(f"{run.path / 'splits.json'} holds no test images; nothing to evaluate")
-    if not run.root.is_dir():
-        raise UserError(f"the dataset folder of {run.path} is gone: {run.root} (from splits.json). "
-                        "Restore it there to evaluate this run")
-    missing = [relative for relative, _ in pairs if not (run.root / relative).is_file()]
-    if missing:
-        raise UserError(f"{len(missing)} of the {len(pairs)} test images of {run.path} are missing from "
-                        f"{run.root}, e.g. {missing[0]}. Restore the dataset to evaluate this run")
+    run.split_files("test")  # checks that the images are there
     return materialize_split(run.root, pairs, run.class_names, view_dir)
 
 
@@ -113,7 +109,7 @@ def modes_to_run(mode):
     return ("none",) if mode == "none" else ("none", mode)
 
 
-def evaluate_run(run_dir, tta=None, *, batch_size=None, extra=None, log=print):
+def evaluate_run(run_dir, tta=None, *, batch_size=None, extra=None, data=None, log=print):
     """Evaluates a run's ``best.keras`` on its test split and writes the results into the run.
 
     Args:
@@ -122,6 +118,7 @@ def evaluate_run(run_dir, tta=None, *, batch_size=None, extra=None, log=print):
             config's ``eval.tta``. The plain pass runs as well.
         batch_size: views per forward pass; default the run's ``data.batch_size``.
         extra: keys to add to ``metrics.json`` (the trainer's best epoch and monitor).
+        data: the dataset folder, if it moved since training; default the one in splits.json.
         log: where progress lines go.
 
     Returns:
@@ -132,7 +129,7 @@ def evaluate_run(run_dir, tta=None, *, batch_size=None, extra=None, log=print):
     Raises:
         UserError: bad mode, not an evaluable run folder, or test images missing.
     """
-    run = open_evaluable_run(run_dir)
+    run = open_evaluable_run(run_dir, data)
     mode = check_tta_mode(run.config.eval.tta if tta is None else tta)
     model = load_model_safely(run.model_path)
     results, predictions = {}, None

@@ -101,8 +101,10 @@ def load_model_file(path):
     return model, check_class_names(class_names, model.outputs[0].shape[-1], names_path)
 
 
-def open_explained_run(path):
+def open_explained_run(path, data=None):
     """Opens a run folder written by ``train.py`` and loads its ``best.keras``.
+
+    ``data``: the dataset folder, if it moved since training (see ``open_run``).
 
     Raises:
         UserError: the folder is missing, holds no ``best.keras``, or misses a file the
@@ -115,7 +117,7 @@ def open_explained_run(path):
     if not (path / BEST_MODEL).is_file():
         raise UserError(f"run folder {path} has no {BEST_MODEL}: training saved no checkpoint "
                         f"there (still running, or stopped before its first epoch ended)")
-    folder = open_run(path)
+    folder = open_run(path, data)
     model = load_model_safely(folder.model_path)
     model_image_size(model)  # fails now on a model the pipeline cannot feed
     class_names = check_class_names(folder.class_names, model.outputs[0].shape[-1],
@@ -137,7 +139,7 @@ def split_dataset(run, split="test", indices=None, batch_size=BATCH_SIZE):
         labels int32 (batch,)), in the order of ``indices``.
 
     Raises:
-        UserError: the split is empty.
+        UserError: the split is empty, or its images are gone.
     """
     paths, labels = run.folder.split_files(split)
     if not paths:

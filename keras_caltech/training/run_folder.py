@@ -143,16 +143,33 @@ class RunFolder:
         return self.path / BEST_MODEL
 
     def split_files(self, split):
-        """Returns (absolute paths, labels) of a split."""
+        """Returns (absolute paths, labels) of a split, after checking that its images exist.
+
+        Raises:
+            UserError: the dataset folder, or some of the split's images, are gone.
+        """
         pairs = self.splits[split]
+        remedy = "Restore the dataset there, or give its new place with --data"
+        if pairs and not self.root.is_dir():
+            raise UserError(f"the dataset folder of {self.path} is gone: {self.root} (from splits.json). {remedy}")
+        missing = [relative for relative, _ in pairs if not (self.root / relative).is_file()]
+        if missing:
+            raise UserError(f"{len(missing)} of the {len(pairs)} {split} images of {self.path} are missing "
+                            f"from {self.root}, e.g. {missing[0]}. {remedy}")
         return [self.root / relative for relative, _ in pairs], [label for _, label in pairs]
 
 
-def open_run(path):
+def open_run(path, data=None):
     """Reads a run folder's config, classes and splits (not the model).
 
+    Args:
+        path: the run folder.
+        data: the dataset folder, where it is no longer where the run saw it (moved, or
+            the run copied to another machine); None: the folder named in splits.json.
+
     Raises:
-        UserError: not a folder, or a file it needs is missing or damaged.
+        UserError: not a folder, a file it needs is missing or damaged, or ``data`` is
+            not a folder.
     """
     path = pathlib.Path(path)
     if not path.is_dir():
@@ -160,7 +177,9 @@ def open_run(path):
     config = load_config(path / "config.yaml") if (path / "config.yaml").is_file() else None
     if config is None:
         raise UserError(f"{path} is not a run folder (no config.yaml)")
+    if data is not None and not pathlib.Path(data).is_dir():
+        raise UserError(f"--data {data} is not a folder: give the folder that holds the run's class folders")
     splits = read_json(path / "splits.json")
     return RunFolder(path=path, config=config, class_names=read_json(path / "class_names.json"),
-                     root=pathlib.Path(splits["root"]),
+                     root=pathlib.Path(splits["root"] if data is None else data),
                      splits={name: [tuple(pair) for pair in splits[name]] for name in ("train", "val", "test")})
