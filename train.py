@@ -29,7 +29,8 @@ def parse_args(argv):
     parser.add_argument("--config",
                         help="YAML config listing what differs from the defaults (default: configs/default.yaml)")
     parser.add_argument("--data", help="dataset folder with one subfolder per class (overrides data.root); "
-                                       "default: the built-in synthetic dataset")
+                                       "default: the built-in synthetic dataset. With --resume: the "
+                                       "dataset's new folder, if it moved since the run started")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="override one config field, e.g. --set train.epochs=3 (repeatable)")
     parser.add_argument("--dataset", choices=("caltech256", "caltech101"),
@@ -52,7 +53,7 @@ def parse_args(argv):
 
 
 # Flags that would change what a resumed run trains; its config.yaml decides instead.
-_NOT_WITH_RESUME = ("config", "data", "set", "dataset", "output_dir", "init_from", "dry_run")
+_NOT_WITH_RESUME = ("config", "set", "dataset", "output_dir", "init_from", "dry_run")
 
 
 def main(argv=None):
@@ -77,7 +78,7 @@ def _train_command(argv):
             raise UserError(f"--resume continues a run with the config saved in its folder; it cannot be "
                             f"combined with {flags}. Received: --resume {args.resume} {flags}")
         config = load_run_config(args.resume, strategy)
-        summary = train_evaluate_export(config, args.resume, resume=True)
+        summary = train_evaluate_export(config, args.resume, resume=True, moved_data=args.data)
     else:
         overrides = list(args.set) + ([f"data.root={args.data}"] if args.data else []) + strategy
         if args.init_from:

@@ -23,13 +23,14 @@ EXPORT_RECORD = "export.json"
 
 
 @holds_run_folder  # the run folder stays locked through evaluation and export
-def train_evaluate_export(config, output_dir=None, *, resume=False, log=print):
+def train_evaluate_export(config, output_dir=None, *, resume=False, moved_data=None, log=print):
     """Trains ``config``, evaluates its best model on the test split, and exports it.
 
     Args:
         config: a resolved Config.
         output_dir: the run folder; default ``runs/<name>-<timestamp>``.
         resume: continue the run in ``output_dir`` (see ``trainer.train``).
+        moved_data: with ``resume``, the dataset's new folder if it moved since the run started.
         log: where progress lines go.
 
     Returns:
@@ -44,7 +45,7 @@ def train_evaluate_export(config, output_dir=None, *, resume=False, log=print):
     """
     started = time.time()
     check_tta_mode(config.eval.tta)  # a bad eval.tta fails before training, not after
-    trained = trainer.train(config, output_dir, resume=resume, log=log)
+    trained = trainer.train(config, output_dir, resume=resume, moved_data=moved_data, log=log)
     run_dir = trained["run_dir"]
     metrics = evaluate_run(run_dir, config.eval.tta, log=log, extra={
         "best_epoch": trained["best_epoch"], "monitor": trained["monitor"],

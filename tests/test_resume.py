@@ -273,8 +273,26 @@ def test_resuming_something_that_is_not_a_run_folder_is_one_error_line(tmp_path,
 
 
 def test_resume_refuses_flags_that_would_change_the_run(tmp_path, capsys):
-    code, err = _error_of(["--resume", str(tmp_path), "--set", "train.epochs=9", "--data", "x"], capsys)
-    assert code == 2 and "cannot be combined with --data, --set" in err[0]
+    code, err = _error_of(["--resume", str(tmp_path), "--set", "train.epochs=9", "--config", "x.yaml"], capsys)
+    assert code == 2 and "cannot be combined with --config, --set" in err[0]
+
+
+def test_a_run_whose_dataset_moved_resumes_with_data_pointing_at_the_new_folder(
+        reference, tiny_dataset, tmp_path, capsys):
+    import shutil
+
+    run_dir = shutil.copytree(reference, tmp_path / "copy", symlinks=True)
+    splits = json.loads((run_dir / "splits.json").read_text())
+    splits["root"] = str(tmp_path / "old_place")  # never created: the dataset moved away
+    (run_dir / "splits.json").write_text(json.dumps(splits))
+    code, err = _error_of(["--resume", str(run_dir)], capsys)
+    assert code == 2 and len(err) == 1 and "old_place" in err[0] and "--data" in err[0], err
+
+    new_place = shutil.copytree(tiny_dataset, tmp_path / "new_place")
+    assert train.main(["--resume", str(run_dir), "--data", str(new_place)]) == 0
+    assert json.loads((run_dir / "splits.json").read_text())["root"] == str(new_place.resolve())
+    metrics, expected = (json.loads((path / "metrics.json").read_text()) for path in (run_dir, reference))
+    assert metrics["top1"] == expected["top1"] and metrics["num_examples"] == expected["num_examples"]
 
 
 def test_a_damaged_training_state_is_refused_not_trusted(reference, tmp_path, capsys):

@@ -48,7 +48,7 @@ from keras_caltech.data.splits import SPLIT_NAMES
 from keras_caltech.errors import UserError
 from keras_caltech.training.distribute import tf_config_task_index, with_worker_suffix
 from keras_caltech.training.lock import lock_run_folder
-from keras_caltech.training.run_folder import read_json, remove_partial_files, replaced_atomically
+from keras_caltech.training.run_folder import read_json, relocate_dataset, remove_partial_files, replaced_atomically
 
 STATE_FILE = "training_state.npz"
 HISTORY_FILE = "history.csv"
@@ -218,18 +218,25 @@ def load_run_config(run_dir, overrides=()):
     return load_config(config_path, overrides)
 
 
-def reopen_run_folder(run_dir, log=print):
+def reopen_run_folder(run_dir, moved_data=None, log=print):
     """Locks a run folder for resuming and reads back its data split.
+
+    ``moved_data``: the dataset's new folder, if it moved since the run started;
+    ``splits.json`` is rewritten to point there.
 
     Returns:
         (run_dir, scan, splits): the folder, a ScanResult with the saved classes, dataset
         root and excluded files, and the saved {"train"/"val"/"test": [(path, label), ...]}.
 
     Raises:
-        UserError: another process uses the folder, or a file it needs is missing or damaged.
+        UserError: another process uses the folder, a file it needs is missing or damaged,
+            or ``moved_data`` lacks some of the run's images.
     """
     run_dir = pathlib.Path(run_dir)
     lock_run_folder(run_dir)
+    if moved_data is not None:
+        relocate_dataset(run_dir, moved_data)
+        log(f"{run_dir / 'splits.json'} now points at the dataset's new folder {moved_data}")
     removed = remove_partial_files(run_dir)
     if removed:
         log(f"deleted {len(removed)} partial file(s) left by the interrupted run: {', '.join(removed)}")

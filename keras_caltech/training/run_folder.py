@@ -183,3 +183,17 @@ def open_run(path, data=None):
     return RunFolder(path=path, config=config, class_names=read_json(path / "class_names.json"),
                      root=pathlib.Path(splits["root"] if data is None else data),
                      splits={name: [tuple(pair) for pair in splits[name]] for name in ("train", "val", "test")})
+
+
+def relocate_dataset(run_dir, data):
+    """Points a run's ``splits.json`` at the dataset's new folder, once every split file is there.
+
+    Raises:
+        UserError: ``data`` is not a folder, or some of the run's images are not in it.
+    """
+    run = open_run(run_dir, data)
+    for split in run.splits:
+        run.split_files(split)  # raises, naming a missing file
+    splits = read_json(run.path / "splits.json")
+    splits["root"] = str(pathlib.Path(data).resolve())
+    write_json(run.path / "splits.json", splits)

@@ -147,7 +147,7 @@ def _new_run(config, run_dir, log):
     return run_dir, scan, splits
 
 
-def train(config, output_dir=None, *, resume=False, verbose=None, log=print):
+def train(config, output_dir=None, *, resume=False, moved_data=None, verbose=None, log=print):
     """Trains ``config`` and writes its run folder, with its best model as ``best.keras``.
 
     Args:
@@ -155,6 +155,7 @@ def train(config, output_dir=None, *, resume=False, verbose=None, log=print):
         output_dir: the run folder; default ``runs/<name>-<timestamp>``.
         resume: continue the run in ``output_dir`` from its last completed epoch;
             ``config`` must be its saved config.yaml (see ``resume.load_run_config``).
+        moved_data: with ``resume``, the dataset's new folder if it moved since the run started.
         verbose: 0 silent, 1 a progress bar, 2 one line per epoch; default 1 on a terminal, else 2.
         log: where progress lines go.
 
@@ -180,7 +181,7 @@ def train(config, output_dir=None, *, resume=False, verbose=None, log=print):
         tf.config.experimental.enable_op_determinism()
     run_dir = worker_run_dir(output_dir or default_run_dir(config), strategy)
     if resume:
-        run_dir, scan, splits = reopen_run_folder(run_dir, log=log)
+        run_dir, scan, splits = reopen_run_folder(run_dir, moved_data, log=log)
     else:
         run_dir, scan, splits = _new_run(config, run_dir, log)
     class_names = scan.class_names
