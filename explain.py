@@ -23,6 +23,7 @@ from keras_caltech.errors import UserError
 
 import_tensorflow_quietly()
 from keras_caltech.explain import gallery, metrics, report, runs  # noqa: E402
+from keras_caltech.training.run_folder import make_output_folder  # noqa: E402
 
 
 def grid_shape(text):
@@ -93,7 +94,8 @@ def explain(args):
     """Does what the arguments ask; returns (written files, note lines)."""
     run = runs.open_explained_run(args.run, args.data) if args.run else None
     model, class_names = (run.model, run.class_names) if run else runs.load_model_file(args.model)
-    output_dir = Path(args.output_dir or (Path(args.run) / "explain" if run else "explanations"))
+    output_dir = make_output_folder(args.output_dir or (Path(args.run) / "explain" if run else "explanations"),
+                                    "--output-dir")
     class_index = report.resolve_class(args.class_, class_names, model.outputs[0].shape[-1])
     if args.image:
         return report.explain_images(model, args.image, args.method, class_index, args.layer,

@@ -66,6 +66,7 @@ def _train_command(argv):
     import_tensorflow_quietly()
     from keras_caltech.config import load_config
     from keras_caltech.errors import UserError
+    from keras_caltech.evaluation.tta import check_tta_mode
     from keras_caltech.training import trainer
     from keras_caltech.training.resume import load_run_config
     from keras_caltech.workflow import train_evaluate_export
@@ -88,6 +89,7 @@ def _train_command(argv):
             overrides.append(f"data.root={download_dataset(args.dataset, DOWNLOAD_DIR)}")
         config = load_config(args.config or DEFAULT_CONFIG, overrides)
         if args.dry_run:
+            check_tta_mode(config.eval.tta)
             trainer.dry_run(config)
             return 0
         summary = train_evaluate_export(config, args.output_dir)

@@ -239,18 +239,23 @@ def _set_dotted(values, assignment):
 
 # Values below these would fail deep inside TensorFlow (a batch of 0 images) or train nothing.
 _AT_LEAST_ONE = ("data.image_size", "data.batch_size", "train.epochs", "train.step_epochs")
-_FRACTIONS = ("data.test_fraction", "data.val_fraction")  # shares in [0, 1)
+_AT_LEAST_ZERO = ("data.train_per_class", "data.scan_workers")
+_FRACTIONS = ("data.test_fraction", "data.val_fraction", "train.momentum")  # in [0, 1)
 
 
 def _check_ranges(config):
     """Raises UserError naming the dotted path of a number outside its range."""
-    for dotted in _AT_LEAST_ONE + _FRACTIONS:
+    for dotted in _AT_LEAST_ONE + _AT_LEAST_ZERO + _FRACTIONS:
         section, key = dotted.split(".")
         value = getattr(getattr(config, section), key)
         if dotted in _AT_LEAST_ONE and value < 1:
             raise UserError(f"{dotted} must be at least 1. Received: {value}")
+        if dotted in _AT_LEAST_ZERO and value < 0:
+            raise UserError(f"{dotted} must be at least 0. Received: {value}")
         if dotted in _FRACTIONS and not 0 <= value < 1:
             raise UserError(f"{dotted} must be a fraction in [0, 1). Received: {value}")
+    if config.model.dropout is not None and not 0 <= config.model.dropout < 1:
+        raise UserError(f"model.dropout must be a fraction in [0, 1). Received: {config.model.dropout}")
     return config
 
 

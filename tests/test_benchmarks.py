@@ -7,7 +7,6 @@ not fail.
 
 import importlib.util
 import json
-import math
 import pathlib
 import subprocess
 import sys
@@ -36,16 +35,14 @@ def test_the_tta_benchmark_prints_a_row_per_mode(capsys):
 
 def test_the_gradcam_benchmark_prints_a_row_per_model_with_agreeing_maps(capsys):
     benchmark = load_script("gradcam")
-    assert benchmark.main(["--size", "32", "--batch", "2", "--repeats", "1"]) == 0
+    # 64 px: the smallest size at which resnet50's conv5 map (2x2) is more than one cell,
+    # so that the correlation of the two methods' maps is defined for both models.
+    assert benchmark.main(["--size", "64", "--batch", "2", "--repeats", "1"]) == 0
     rows = capsys.readouterr().out.strip().splitlines()[3:]
     assert [row.split()[0] for row in rows] == ["mycnn", "resnet50"]
     for row in rows:
         ours, recipe, _, correlation = (float(value.rstrip("x")) for value in row.split()[3:7])
-        assert ours > 0 and recipe > 0
-        if row.split()[0] == "mycnn":  # 4x4 maps at 32 px: the two methods must agree
-            assert correlation > 0.99
-        else:  # resnet50's conv5 map is 1x1 at 32 px: constant maps, no correlation defined
-            assert math.isnan(correlation) or correlation > 0.99
+        assert ours > 0 and recipe > 0 and correlation > 0.99, row
 
 
 def test_the_smoke_run_prints_a_table_with_every_section_and_writes_the_results(tmp_path):

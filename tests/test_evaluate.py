@@ -123,15 +123,18 @@ def test_evaluate_user_errors_are_one_error_line_and_exit_code_2(tiny_runs, tmp_
     ("one_run", "needs at least 2 run folders"),
     ("same_run_twice", "listed twice"),
     ("bad_tta", "Valid modes: none, flip, 10crop"),
-    ("used_output", "already holds files"),
+    ("used_output", "already holds files; pick another --output (refusing"),
+    ("file_output", "--output {file} is a file, not a folder"),
 ])
 def test_ensemble_user_errors_are_one_error_line_and_exit_code_2(tiny_runs, tmp_path, capsys, case, message):
     run_a, run_b = map(str, tiny_runs)
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("x")
     argv = {"one_run": [run_a], "same_run_twice": [run_a, run_a], "bad_tta": [run_a, run_b, "--tta", "3crop"],
-            "used_output": [run_a, run_b, "--output", run_a]}[case]
+            "used_output": [run_a, run_b, "--output", run_a], "file_output": [run_a, run_b, "--output", str(a_file)]}[case]
     assert main(["ensemble", *argv]) == 2
     err = error_lines(capsys)
-    assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
+    assert len(err) == 1 and err[0].startswith("error: ") and message.format(file=a_file) in err[0], err
 
 
 def test_mistake_examples_are_the_images_of_each_pair_most_confident_first():

@@ -80,6 +80,20 @@ def test_user_errors_return_2_with_one_line(saved, tmp_path, capsys, arguments, 
     assert code == 2 and error.startswith(message) and error.count("\n") == 1
 
 
+@pytest.mark.parametrize("where, message", [
+    ("a_file", "error: --output-dir {path} is a file, not a folder"),
+    ("under_a_file", "error: cannot create folder {path}: Not a directory. Pick another --output-dir"),
+    ("/proc/no-figures-here", "error: cannot create folder {path}: "),
+])
+def test_an_output_dir_that_cannot_be_a_folder_is_one_error_line(saved, tmp_path, capsys, where, message):
+    model_path, images = saved
+    (tmp_path / "a_file").write_text("x")
+    path = {"a_file": tmp_path / "a_file", "under_a_file": tmp_path / "a_file" / "figures"}.get(where, where)
+    code = explain.main(["--image", images[0], "--model", str(model_path), "--output-dir", str(path)])
+    error = capsys.readouterr().err
+    assert code == 2 and error.startswith(message.format(path=path)) and error.count("\n") == 1, error
+
+
 def test_missing_files_return_2(tmp_path, capsys, saved):
     model_path, images = saved
     assert explain.main(["--image", str(tmp_path / "none.jpg"), "--model", str(model_path)]) == 2

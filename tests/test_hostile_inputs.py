@@ -62,10 +62,32 @@ def test_a_zero_byte_config_means_the_defaults(tmp_path):
     ("train.epochs=-3", "train.epochs must be at least 1. Received: -3"),
     ("data.image_size=0", "data.image_size must be at least 1"),
     ("data.test_fraction=1.5", "data.test_fraction must be a fraction in [0, 1). Received: 1.5"),
+    ("model.dropout=5", "model.dropout must be a fraction in [0, 1). Received: 5"),
+    ("train.momentum=1.5", "train.momentum must be a fraction in [0, 1)"),
+    ("data.scan_workers=-1", "data.scan_workers must be at least 0. Received: -1"),
+    ("data.train_per_class=-1", "data.train_per_class must be at least 0"),
+    ("augment.zoom=5", "augment.zoom must be between 0 and 1. Received: 5"),
+    ("augment.translation=3", "augment.translation must be between 0 and 1"),
+    ("augment.shear=-1", "augment.shear must be between 0 and 1"),
+    ("augment.color_jitter=5", "augment.color_jitter must be between 0 and 1"),
+    # Named choices fail before the dataset is scanned or a run folder exists.
+    ("data.normalization=zscore", "unknown data.normalization 'zscore'. Valid choices: imagenet, half, dataset"),
+    ("data.cache=ram", "unknown data.cache 'ram'. Valid choices: none, memory, disk"),
+    ("train.strategy=tpu", "unknown train.strategy 'tpu'. Valid choices: auto, one, mirrored, multiworker"),
+    ("train.precision=fp8", "unknown train.precision 'fp8'"),
+    ("eval.tta=12crop", "unknown TTA mode '12crop'"),
 ])
 def test_out_of_range_numbers_are_refused_with_their_dotted_path(capsys, override, message):
     code, err = _error_of(["--set", override, "--dry-run"], capsys)
     assert code == 2 and len(err) == 1 and message in err[0], err
+
+
+def test_a_synthetic_dataset_folder_that_cannot_be_written_is_one_error_line(tmp_path, capsys):
+    (tmp_path / "a_file").write_text("x")
+    target = tmp_path / "a_file" / "synthetic"
+    code, err = _error_of(["--set", f"data.synthetic_dir={target}", "--dry-run"], capsys)
+    assert code == 2 and len(err) == 1, err
+    assert err[0].startswith(f"error: cannot write the synthetic dataset to {target}") and "data.synthetic_dir" in err[0]
 
 
 def test_data_and_output_paths_of_the_wrong_kind_are_one_error_line(tiny_dataset, tmp_path, capsys):

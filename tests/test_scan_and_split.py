@@ -95,3 +95,14 @@ def test_n_training_images_per_class_protocol_tests_on_the_rest():
     assert len(splits["test"]) == 20 + 5 and splits["val"] == []
     with pytest.raises(UserError, match="b \\(35 images\\)"):
         stratified_split(_files([50, 35]), ["a", "b"], train_per_class=40)
+
+
+def test_a_cache_folder_that_cannot_be_written_costs_a_rescan_not_the_scan(messy_dataset, tmp_path, capsys):
+    root, _, _ = messy_dataset
+    (tmp_path / "a_file").write_text("x")
+    unwritable = tmp_path / "a_file" / "cache"  # a file as a parent: no one can create it, root included
+    result = scan.scan_dataset(root, cache_dir=unwritable)
+    assert result == scan.scan_dataset(root)  # the same verdicts as without a cache
+    err = capsys.readouterr().err
+    assert err.startswith("warning: cannot save the scan cache in") and "data.cache_dir" in err
+    assert not unwritable.exists()

@@ -33,12 +33,25 @@ def test_layout_is_caltech_style_with_varied_sizes_and_boxes(tiny_dataset):
 
 
 def test_box_encloses_the_drawn_object_and_nothing_of_the_shape_lies_outside():
-    rng = np.random.default_rng(0)
-    image, box = synthetic.render_image("square", rng, 120, 160)
-    assert image.shape == (120, 160, 3) and image.dtype == np.uint8
-    x0, y0, x1, y1 = box
-    # The object covers a good part of its box: a box far larger than the object would be wrong.
-    assert (x1 - x0) * (y1 - y0) > 0.05 * 120 * 160
+    # The background is drawn first from the same generator, so redrawing it alone and
+    # differencing finds the pixels the object changed, independently of how the box is made.
+    for name in synthetic.SHAPE_NAMES:
+        for seed in range(4):
+            height, width = 120 + 20 * seed, 160
+            image, box = synthetic.render_image(name, np.random.default_rng([seed]), height, width)
+            assert image.shape == (height, width, 3) and image.dtype == np.uint8
+            background = synthetic._cluttered_background(np.random.default_rng([seed]), height, width)
+            changed = np.abs(image.astype(int) - background.astype(int)).sum(axis=2) > 30
+            rows, columns = np.nonzero(changed)
+            x0, y0, x1, y1 = box
+            # Nothing of the object outside the box (1 px of anti-aliasing allowed) ...
+            assert x0 - 1 <= columns.min() and columns.max() < x1 + 1, (name, seed)
+            assert y0 - 1 <= rows.min() and rows.max() < y1 + 1, (name, seed)
+            # ... and the box is tight: the object reaches each of its sides.
+            assert columns.min() <= x0 + 2 and columns.max() >= x1 - 3, (name, seed)
+            assert rows.min() <= y0 + 2 and rows.max() >= y1 - 3, (name, seed)
+            # The object covers a real share of its box (a crescent, the thinnest, about a fifth).
+            assert changed[y0:y1, x0:x1].mean() > 0.15, (name, seed)
 
 
 def test_the_class_is_not_given_away_by_colour():

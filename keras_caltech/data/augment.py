@@ -88,7 +88,8 @@ def _check_ranges(augment):
     if augment.rand_augment_ops < 0:
         raise UserError(f"augment.rand_augment_ops must be >= 0 (0 = off, 2 is usual). "
                         f"Received: {augment.rand_augment_ops}")
-    for name in ("rand_augment_factor", "random_erasing"):
+    for name in ("rand_augment_factor", "random_erasing", "rotation", "translation", "zoom", "shear",
+                 "color_jitter"):
         value = getattr(augment, name)
         if not 0.0 <= value <= 1.0:
             raise UserError(f"augment.{name} must be between 0 and 1. Received: {value}")

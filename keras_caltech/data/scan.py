@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import pathlib
+import sys
 
 import tensorflow as tf
 
@@ -150,6 +151,18 @@ def _load_cache(path):
         return {}  # no cache or a damaged one: rescan, never trust it
 
 
+def _save_cache(cache_file, root, cache):
+    """Writes the scan cache atomically; a folder that cannot hold it costs a rescan, not the run."""
+    temporary = cache_file.with_suffix(".tmp")
+    try:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        temporary.write_text(json.dumps({"version": SCAN_CACHE_VERSION, "root": str(root), "files": cache}))
+        os.replace(temporary, cache_file)  # atomic: a killed scan never leaves half a cache
+    except OSError as error:
+        print(f"warning: cannot save the scan cache in {cache_file.parent} ({error.strerror}); the next run "
+              "scans again. Set data.cache_dir to a folder you can write to", file=sys.stderr)
+
+
 def scan_dataset(root, *, include=(), exclude=(), cache_dir=None, workers=0):
     """Finds every usable image of a folder-per-class tree.
 
@@ -203,10 +216,7 @@ def scan_dataset(root, *, include=(), exclude=(), cache_dir=None, workers=0):
             cache[relative] = key + [reason]
 
     if cache_file and to_check:
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        temporary = cache_file.with_suffix(".tmp")
-        temporary.write_text(json.dumps({"version": SCAN_CACHE_VERSION, "root": str(root), "files": cache}))
-        os.replace(temporary, cache_file)  # atomic: a killed scan never leaves half a cache
+        _save_cache(cache_file, root, cache)
 
     files = [(relative, label) for relative, label in candidates if verdicts[relative] is None]
     excluded += [(relative, verdicts[relative]) for relative, _ in candidates if verdicts[relative]]

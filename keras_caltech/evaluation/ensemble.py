@@ -111,7 +111,7 @@ def evaluate_ensemble(run_dirs, tta="none", output_dir=None, *, batch_size=None,
     """
     mode = check_tta_mode(tta)
     runs = open_members(run_dirs, data)
-    output_dir = create_run_folder(output_dir or default_output_dir())  # refuse a used folder before the work
+    output_dir = create_run_folder(output_dir or default_output_dir(), "--output")  # refuse a used folder before the work
     try:
         predictions, members = ensemble_predictions(runs, mode, batch_size, log)
     except BaseException:

@@ -26,9 +26,11 @@ import numpy as np
 import tensorflow as tf
 
 from keras_caltech.data.augment import build_augmenter, keyed_randomness, load_size
-from keras_caltech.data.pipeline import EpochBatches, make_dataset
+from keras_caltech.data.pipeline import CACHE_MODES, NORMALIZATION_MODES, EpochBatches, make_dataset
 from keras_caltech.data.sampling import class_counts
 from keras_caltech.errors import UserError
+from keras_caltech.training.distribute import STRATEGIES
+from keras_caltech.training.precision import PRECISIONS
 
 CLASS_WEIGHT_MODES = ("none", "balanced")
 
@@ -42,6 +44,14 @@ def uses_class_probabilities(config):
 def check_recipe(config):
     """Raises UserError for recipe settings outside their ranges or used together wrongly."""
     train, augment = config.train, config.augment
+    # Named choices that later steps check as they use them: checked here, before a scan
+    # or a run folder exists (and in dry runs, which never reach those steps).
+    for dotted, value, choices in (("data.normalization", config.data.normalization, NORMALIZATION_MODES),
+                                   ("data.cache", config.data.cache, CACHE_MODES),
+                                   ("train.strategy", train.strategy, STRATEGIES),
+                                   ("train.precision", train.precision, PRECISIONS)):
+        if value not in choices:
+            raise UserError(f"unknown {dotted} {value!r}. Valid choices: {', '.join(choices)}")
     if not 0.0 <= train.label_smoothing < 1.0:
         raise UserError(f"train.label_smoothing must be in [0, 1) (0.1 is usual). "
                         f"Received: {train.label_smoothing}")

@@ -99,24 +99,38 @@ def read_json(path):
         raise UserError(f"{path} is not valid JSON (damaged run folder?)")
 
 
-def create_run_folder(path):
+def create_run_folder(path, flag="--output-dir"):
     """Creates an empty run folder; refuses one that already holds files.
 
+    ``flag``: the command-line flag that named the folder, for the error messages.
+
     Raises:
-        UserError: the folder exists and is not empty, or is a file.
+        UserError: the folder exists and is not empty, is a file, or cannot be created.
+    """
+    path = pathlib.Path(path)
+    if path.is_dir() and any(path.iterdir()):
+        resume = f", or continue it with --resume {path}" if flag == "--output-dir" else ""
+        raise UserError(f"run folder {path} already holds files; pick another {flag} "
+                        f"(refusing to mix two runs' files){resume}")
+    return make_output_folder(path, flag, "run folder")
+
+
+def make_output_folder(path, flag, what="folder"):
+    """Creates the folder ``path`` (and its parents) if it is missing; returns it as a Path.
+
+    Raises:
+        UserError: ``path`` is a file, or cannot be created (permissions, a read-only file
+            system, a path under /proc); the message names ``flag``.
     """
     path = pathlib.Path(path)
     if path.exists() and not path.is_dir():
-        raise UserError(f"--output-dir {path} is a file, not a folder")
-    if path.is_dir() and any(path.iterdir()):
-        raise UserError(f"run folder {path} already holds files; pick another --output-dir "
-                        f"(refusing to mix two runs' files), or continue it with --resume {path}")
+        raise UserError(f"{flag} {path} is a file, not a folder")
     try:
         path.mkdir(parents=True, exist_ok=True)
     except PermissionError:
-        raise UserError(f"cannot create run folder {path}: permission denied. Pick an --output-dir you can write to")
-    except OSError as error:  # e.g. a read-only file system, or a path under /proc
-        raise UserError(f"cannot create run folder {path}: {error.strerror}. Pick another --output-dir")
+        raise UserError(f"cannot create {what} {path}: permission denied. Pick a {flag} you can write to")
+    except OSError as error:  # e.g. a read-only file system, a path under /proc, a file as a parent
+        raise UserError(f"cannot create {what} {path}: {error.strerror}. Pick another {flag}")
     return path
 
 

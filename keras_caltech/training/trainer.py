@@ -48,8 +48,12 @@ def dataset_root(data):
     """The dataset folder of a DataConfig; generates the synthetic dataset on first use."""
     if data.root:
         return pathlib.Path(data.root)
-    return synthetic.ensure_dataset(data.synthetic_dir, images_per_class=data.synthetic_images_per_class,
-                                    seed=data.synthetic_seed)
+    try:
+        return synthetic.ensure_dataset(data.synthetic_dir, images_per_class=data.synthetic_images_per_class,
+                                        seed=data.synthetic_seed)
+    except OSError as error:
+        raise UserError(f"cannot write the synthetic dataset to {data.synthetic_dir}: {error.strerror}. "
+                        "Set data.synthetic_dir to a folder you can write to") from None
 
 
 def default_run_dir(config):
