@@ -3,9 +3,9 @@
     python benchmarks/profile_step.py                          # ResNet-18, 128 px, batch 32
     python benchmarks/profile_step.py --model mycnn --image-size 224 --jit
 
-Runs our fit step (benchmarks/train_step.py) for a few warm-up steps, then traces
-``--steps`` steps with the TensorFlow profiler and sums the host-side op events of the
-trace by op type. With ``--onednn`` it re-runs itself under ``ONEDNN_VERBOSE=1`` and
+Runs our training step (benchmarks/train_step.py: train.py's loop) for a few warm-up
+steps, then traces ``--steps`` steps with the TensorFlow profiler and sums the host-side
+op events of the trace by op type. With ``--onednn`` it re-runs itself under ``ONEDNN_VERBOSE=1`` and
 sums oneDNN's own per-primitive timings (convolution, reorder, batch_normalization ...)
 over the traced steps, so layout conversions (reorders) show up by name.
 """
@@ -34,6 +34,8 @@ def parse_args(argv):
     parser.add_argument("--top", type=int, default=25, help="rows to print (default 25)")
     parser.add_argument("--onednn", action="store_true", help="also sum ONEDNN_VERBOSE primitive timings")
     parser.add_argument("--jit", action="store_true", help="compile the step with XLA (jit_compile=True)")
+    parser.add_argument("--precision", default="float32", choices=("float32", "mixed_bfloat16"),
+                        help="Keras dtype policy of the model (default float32)")
     parser.add_argument("--inter-op", type=int, default=0,
                         help="TensorFlow inter-op threads (default 0: TensorFlow's choice)")
     return parser.parse_args(argv)
@@ -112,7 +114,7 @@ def main(argv=None):
         tf.config.threading.set_inter_op_parallelism_threads(args.inter_op)
 
     run, model = train_step.keras_contender(args.model, args.image_size, args.batch_size, args.steps,
-                                            jit_compile=args.jit)
+                                            policy=args.precision, jit_compile=args.jit)
     run()  # warm-up: tracing and first allocations
     seconds = run()
     print(f"{args.model} {args.image_size} px batch {args.batch_size}: "

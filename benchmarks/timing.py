@@ -17,7 +17,7 @@ class Row:
 
     Attributes:
         section: the table section ("training", "flops", "pipeline", "gradcam", "serving").
-        name: what was measured, e.g. "ResNet-18 224 px fp32: ours (Keras fit step)".
+        name: what was measured, e.g. "ResNet-18 224 px fp32: ours (train.py's step)".
         value: the measurement (None when skipped).
         unit: e.g. "img/s", "GFLOP/s", "heatmaps/s".
         reference: what it is compared with, e.g. "PyTorch 2.13 eager, channels-last".

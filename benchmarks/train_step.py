@@ -2,10 +2,12 @@
 
 Ours is the step ``python train.py`` runs: the model from the trainer's ``build_model``,
 the optimizer from ``make_optimizer`` (SGD with momentum, as the Caltech SGD recipe),
-the trainer's loss and metrics, driven by ``model.fit`` itself on an in-memory batch
-repeated by tf.data (so no decoding is timed here; section 3 times the input pipeline).
-Step times are the gaps between consecutive ``on_train_batch_end`` callbacks, so they
-hold everything fit does per step.
+the trainer's loss and metrics (``recipes.loss_and_metrics``), driven by the trainer's
+own loop (``training/loop.py``: ``model.train_step`` in a tf.function under the
+strategy ``train.strategy=auto`` picks on one device) on an in-memory batch repeated by
+tf.data (so no decoding is timed here; section 3 times the input pipeline). Step times
+are the gaps between consecutive ``on_train_batch_end`` callbacks, so they hold
+everything the loop does per step.
 
 PyTorch runs the twin model (benchmarks/torch_models.py) in channels-last memory format
 with the same batch, the same optimizer settings and as many threads as TensorFlow's
@@ -20,6 +22,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_caltech.config import load_config
+from keras_caltech.training import loop, recipes
 from keras_caltech.training.optim import make_optimizer
 from keras_caltech.training.trainer import build_model
 from timing import Row, interleaved, rate, skipped
@@ -69,14 +72,10 @@ class _StepClock(keras.callbacks.Callback):
         self.times.append(time.perf_counter())
 
 
-def compile_like_trainer(model, config, num_classes, jit_compile="auto"):
-    """Compiles ``model`` as keras_caltech.training.trainer.train does (keep in step with it)."""
-    model.compile(
-        optimizer=make_optimizer(config.train, steps_per_epoch=1000),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy"),
-                 keras.metrics.SparseTopKCategoricalAccuracy(k=min(5, num_classes), name="top5")],
-        jit_compile=jit_compile)
+def compile_like_trainer(model, config, num_classes):
+    """Compiles ``model`` as the trainer's phases do (training/phases.py)."""
+    loss, metrics = recipes.loss_and_metrics(config, num_classes)
+    model.compile(optimizer=make_optimizer(config.train, steps_per_epoch=1000), loss=loss, metrics=metrics)
     return model
 
 
@@ -87,21 +86,24 @@ def random_batch(image_size, batch_size, seed=0):
     return images, rng.integers(0, NUM_CLASSES, batch_size).astype(np.int32)
 
 
-def keras_contender(model_name, image_size, batch_size, steps, policy="float32", jit_compile="auto"):
-    """(callable running ``steps`` fit steps and returning their seconds, the model)."""
+def keras_contender(model_name, image_size, batch_size, steps, policy="float32", jit_compile=False):
+    """(callable running ``steps`` training steps of train.py's loop and returning their seconds, the model)."""
     config = load_config(None, [f"model.name={model_name}", f"data.image_size={image_size}",
                                 f"data.batch_size={batch_size}", *SGD_OVERRIDES])
     keras.mixed_precision.set_global_policy(policy)
     try:
-        model = compile_like_trainer(build_model(config, NUM_CLASSES), config, NUM_CLASSES, jit_compile)
+        model = compile_like_trainer(build_model(config, NUM_CLASSES), config, NUM_CLASSES)
     finally:
         keras.mixed_precision.set_global_policy("float32")
-    dataset = tf.data.Dataset.from_tensors(random_batch(image_size, batch_size)).repeat()
+    # One step more than timed: the first gap would include the loop's set-up.
+    dataset = tf.data.Dataset.from_tensors(random_batch(image_size, batch_size)).repeat(steps + 1)
+    strategy = tf.distribute.get_strategy()  # what train.strategy=auto uses on one CPU or GPU
+    loop.build_training_state(model, strategy, dataset)
     clock = _StepClock()
 
     def run():
-        # One step more than timed: the first gap would include fit's set-up.
-        model.fit(dataset, epochs=1, steps_per_epoch=steps + 1, verbose=0, callbacks=[clock], shuffle=False)
+        loop.fit(model, strategy, lambda epoch: dataset, epochs=1, steps_per_epoch=steps + 1, callbacks=[clock],
+                 verbose=0, jit_compile=jit_compile)
         return list(np.diff(clock.times))
 
     return run, model
@@ -197,10 +199,10 @@ def run(options, context):
                                                                       seconds["matmul"]) / 1e9
             samples = f"median of {len(seconds['ours'])} steps"
             if torch_version:
-                rows.append(Row("training", f"{title} fp32: ours (Keras fit step)", images_per_second["ours"],
+                rows.append(Row("training", f"{title} fp32: ours (train.py's step)", images_per_second["ours"],
                                 "img/s", reference, images_per_second["torch"], goal=1.0, note=samples))
             else:
-                rows.append(Row("training", f"{title} fp32: ours (Keras fit step)", images_per_second["ours"],
+                rows.append(Row("training", f"{title} fp32: ours (train.py's step)", images_per_second["ours"],
                                 "img/s", note=f"{samples}; PyTorch {torch_reason}"))
             bf16_name = f"{title} mixed_bfloat16: ours"
             if not has_bf16:

@@ -8,10 +8,10 @@ import tensorflow as tf
 from keras_caltech.models.layers import FusedBatchNormalization
 
 
-def twin_layers(channels=5):
+def twin_layers(channels=5, dtype=None):
     """A Keras BatchNormalization and a FusedBatchNormalization with the same random weights."""
     rng = np.random.default_rng(0)
-    reference, fused = keras.layers.BatchNormalization(), FusedBatchNormalization()
+    reference, fused = keras.layers.BatchNormalization(dtype=dtype), FusedBatchNormalization(dtype=dtype)
     for layer in (reference, fused):
         layer.build((None, 6, 7, channels))
     weights = [rng.uniform(0.5, 1.5, channels), rng.normal(0, 1, channels),
@@ -28,7 +28,7 @@ def outputs_and_gradients(layer, images, training):
     with tf.GradientTape() as tape:
         tape.watch(images)
         outputs = layer(images, training=training)
-        loss = tf.reduce_sum(outputs * weights)
+        loss = tf.reduce_sum(tf.cast(outputs, tf.float32) * weights)
     gradients = tape.gradient(loss, [images, layer.gamma, layer.beta])
     return outputs, gradients
 
@@ -51,6 +51,27 @@ def test_fused_batchnorm_matches_keras_outputs_gradients_and_moving_statistics(t
     np.testing.assert_allclose(fused.moving_variance.numpy(), reference.moving_variance.numpy(), rtol=1e-5)
     moved = not np.allclose(fused.moving_mean.numpy(), twin_layers()[1].moving_mean.numpy())
     assert moved == training  # the statistics move in training only
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_under_mixed_bfloat16_the_kernel_takes_bfloat16_images_without_casting_them(training):
+    images = tf.cast(np.random.default_rng(1).normal(3.0, 2.0, (4, 6, 7, 5)), tf.bfloat16)
+    reference, fused = twin_layers(dtype="mixed_bfloat16")
+    (reference_out, reference_grads), (fused_out, fused_grads) = (
+        outputs_and_gradients(layer, images, training) for layer in (reference, fused))
+    assert fused_out.dtype == tf.bfloat16 and fused.gamma.dtype == tf.float32
+    # Both compute in float32 and round the output to bfloat16 (8 bits of mantissa).
+    np.testing.assert_allclose(tf.cast(fused_out, tf.float32), tf.cast(reference_out, tf.float32),
+                               rtol=2e-2, atol=2e-2)
+    for fused_grad, reference_grad in zip(fused_grads, reference_grads):
+        np.testing.assert_allclose(tf.cast(fused_grad, tf.float32), tf.cast(reference_grad, tf.float32),
+                                   rtol=3e-2, atol=5e-2)
+    np.testing.assert_allclose(fused.moving_mean.numpy(), reference.moving_mean.numpy(), rtol=1e-4)
+    np.testing.assert_allclose(fused.moving_variance.numpy(), reference.moving_variance.numpy(), rtol=1e-4)
+    graph = tf.function(lambda x: fused(x, training=training)).get_concrete_function(
+        tf.TensorSpec(images.shape, tf.bfloat16)).graph
+    feature_map_casts = [op.name for op in graph.get_operations() if op.type == "Cast" and op.inputs[0].shape.rank == 4]
+    assert feature_map_casts == []  # casting them to float32 and back cost 7% of a bf16 step
 
 
 def test_fused_batchnorm_falls_back_to_keras_where_the_kernel_does_not_apply():
