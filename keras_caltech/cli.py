@@ -83,11 +83,14 @@ def import_quietly(module_name, level):
     Afterwards, also when the import fails, everything it wrote is passed on to stderr
     except the C++ log lines that ``level`` hides (see is_startup_chatter).
     """
-    if module_name in sys.modules or level <= 0:
+    try:
+        saved = None if module_name in sys.modules or level <= 0 else os.dup(2)
+    except OSError:  # no stderr to redirect (a closed descriptor 2)
+        saved = None
+    if saved is None:
         importlib.import_module(module_name)
         return
     sys.stderr.flush()
-    saved = os.dup(2)
     with tempfile.TemporaryFile() as captured:
         os.dup2(captured.fileno(), 2)
         try:
