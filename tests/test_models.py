@@ -14,7 +14,7 @@ import pytest
 
 from keras_caltech.errors import UserError
 from keras_caltech.models import create_model, get_model_entry, list_models
-from keras_caltech.models.layers import ImageNormalization
+from keras_caltech.models.layers import AdaptiveAveragePooling2D, ImageNormalization
 from keras_caltech.models.transfer import (backbone_blocks, freeze_backbone, is_head_layer,
                                            load_weights_from, unfreeze_top_blocks)
 
@@ -113,6 +113,31 @@ def test_every_model_keeps_the_contract_and_reloads_with_identical_outputs(name,
     model.save(path)
     reloaded = keras.saving.load_model(path, safe_mode=True)
     np.testing.assert_array_equal(np.asarray(reloaded(images, training=False)), logits)
+
+
+@pytest.mark.parametrize("side, cells, data_format", [
+    (28, 4, "channels_last"),  # MyCNN at 224 px: one 7x7 average pool
+    (14, 7, "channels_first"),
+    (30, 4, "channels_last"),  # uneven windows: Keras' own computation
+])
+def test_adaptive_pooling_equals_keras_layer_in_values_and_gradients(side, cells, data_format):
+    import tensorflow as tf
+
+    shape = (2, side, side, 3) if data_format == "channels_last" else (2, 3, side, side)
+    images = tf.constant(np.random.default_rng(0).normal(size=shape).astype(np.float32))
+    results = []
+    for layer in (keras.layers.AdaptiveAveragePooling2D(cells, data_format=data_format),
+                  AdaptiveAveragePooling2D(cells, data_format=data_format)):
+        with tf.GradientTape() as tape:
+            tape.watch(images)
+            pooled = layer(images)
+            score = tf.reduce_sum(pooled * tf.reshape(tf.sin(tf.range(tf.size(pooled), dtype=tf.float32)),
+                                                      pooled.shape))
+        results.append((pooled.numpy(), tape.gradient(score, images).numpy()))
+    (expected, expected_gradient), (ours, gradient) = results
+    assert ours.shape == expected.shape
+    np.testing.assert_allclose(ours, expected, atol=1e-6)
+    np.testing.assert_allclose(gradient, expected_gradient, atol=1e-6)
 
 
 @pytest.mark.parametrize("name", list_models())

@@ -14,6 +14,7 @@ validation accuracy: 74% (4 layers), 74% (5 layers), 70% (6 layers).
 from keras import layers
 
 from keras_caltech.models.blocks import conv_bn_relu
+from keras_caltech.models.layers import AdaptiveAveragePooling2D
 from keras_caltech.models.registry import register_model
 
 # The report gives no widths; these are MyCNN's, which ImprovedCNN deepens.
@@ -41,7 +42,7 @@ def build_improved_cnn(x, num_classes, *, dropout=0.5):
         x = conv_bn_relu(x, filters, f"block{block}_1")
         x = conv_bn_relu(x, filters, f"block{block}_2")
         x = layers.MaxPooling2D(2, name=f"block{block}_pool")(x)  # halves h and w
-    x = layers.AdaptiveAveragePooling2D((4, 4), name="adaptive_pool")(x)  # (batch, 4, 4, 256)
+    x = AdaptiveAveragePooling2D((4, 4), name="adaptive_pool")(x)  # (batch, 4, 4, 256)
     x = layers.Flatten(name="flatten")(x)  # (batch, 4096)
     x = layers.Dropout(dropout, name="fc1_dropout")(x)
     x = layers.Dense(512, activation="relu", name="fc1")(x)

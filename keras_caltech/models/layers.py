@@ -102,3 +102,27 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
                 images, self.gamma, self.beta, mean=self.moving_mean, variance=self.moving_variance,
                 epsilon=self.epsilon, data_format="NHWC", is_training=False)
         return ops.cast(outputs, self.compute_dtype)
+
+
+@keras.saving.register_keras_serializable(package="keras_caltech")
+class AdaptiveAveragePooling2D(keras.layers.AdaptiveAveragePooling2D):
+    """``keras.layers.AdaptiveAveragePooling2D``, as one average pool when the sides divide evenly.
+
+    Keras 3.15 pools adaptively with stride-1 pools of both window sizes over the whole
+    feature map, then gathers the rows and columns it needs (in the gradient too): on
+    MyCNN at 224 px (28x28 -> 4x4) one average pool makes a Grad-CAM batch 9% faster and
+    a training step 2% (measured in turns, batch 32, 2 CPU cores). When each output cell covers the same whole number of input rows and columns
+    (28 -> 4: 7 each), adaptive pooling is exactly an average pool with that window and
+    stride, so it is computed as one; other sizes go through Keras' implementation.
+    """
+
+    def call(self, inputs):
+        if self.data_format == "channels_last":
+            height, width = inputs.shape[1], inputs.shape[2]
+        else:
+            height, width = inputs.shape[2], inputs.shape[3]
+        out_height, out_width = self.output_size
+        if height and width and height % out_height == 0 and width % out_width == 0:
+            window = (height // out_height, width // out_width)
+            return ops.average_pool(inputs, window, strides=window, padding="valid", data_format=self.data_format)
+        return super().call(inputs)

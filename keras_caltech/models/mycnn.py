@@ -9,6 +9,7 @@ validation accuracy with Adam, 43.25% with SGD, on Caltech-256 at 224 px.
 from keras import layers
 
 from keras_caltech.models.blocks import conv_bn_relu
+from keras_caltech.models.layers import AdaptiveAveragePooling2D
 from keras_caltech.models.registry import register_model
 
 
@@ -20,7 +21,7 @@ def build_mycnn(x, num_classes, *, dropout=0.5):
         x = conv_bn_relu(x, filters, f"block{block}")
         x = layers.MaxPooling2D(2, name=f"block{block}_pool")(x)  # halves h and w
     x = conv_bn_relu(x, 256, "block4")
-    x = layers.AdaptiveAveragePooling2D((4, 4), name="block4_pool")(x)  # (batch, 4, 4, 256)
+    x = AdaptiveAveragePooling2D((4, 4), name="block4_pool")(x)  # (batch, 4, 4, 256)
     x = layers.Flatten(name="flatten")(x)
     x = layers.Dense(512, activation="relu", name="fc1")(x)
     x = layers.Dropout(dropout, name="dropout")(x)

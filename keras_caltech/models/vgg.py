@@ -13,6 +13,7 @@ Most of its ~122M parameters are in the first dense layer (25088 x 4096).
 from keras import layers
 
 from keras_caltech.models.blocks import conv_bn_relu
+from keras_caltech.models.layers import AdaptiveAveragePooling2D
 from keras_caltech.models.registry import register_model
 
 # (filters, convolutions) per block.
@@ -38,7 +39,7 @@ def build_vgg5(x, num_classes, *, dropout=0.5):
         for convolution in range(1, convolutions + 1):
             x = conv_bn_relu(x, filters, f"block{block}_{convolution}")
         x = layers.MaxPooling2D(2, name=f"block{block}_pool")(x)  # halves h and w
-    x = layers.AdaptiveAveragePooling2D((7, 7), name="adaptive_pool")(x)  # (batch, 7, 7, 512)
+    x = AdaptiveAveragePooling2D((7, 7), name="adaptive_pool")(x)  # (batch, 7, 7, 512)
     x = layers.Flatten(name="flatten")(x)  # (batch, 25088)
     x = layers.Dense(4096, activation="relu", name="fc1")(x)
     x = layers.Dropout(dropout, name="fc1_dropout")(x)
