@@ -94,9 +94,16 @@ def explain(args):
     """Does what the arguments ask; returns (written files, note lines)."""
     run = runs.open_explained_run(args.run, args.data) if args.run else None
     model, class_names = (run.model, run.class_names) if run else runs.load_model_file(args.model)
+    class_index = report.resolve_class(args.class_, class_names, model.outputs[0].shape[-1])
+    if args.evaluate:  # writes into the run folder, no figures
+        scores = metrics.evaluate_run(run, args.method, args.layer, args.max_images, args.seed,
+                                      log=lambda line: print(line, file=sys.stderr))
+        path = metrics.write_metrics(run, scores)
+        return [report.Written(path, "explanation scores")], [metrics.format_table(scores)]
+    if run is not None and not args.image:
+        run.folder.split_files("test")  # a moved dataset fails before any folder is made
     output_dir = make_output_folder(args.output_dir or (Path(args.run) / "explain" if run else "explanations"),
                                     "--output-dir")
-    class_index = report.resolve_class(args.class_, class_names, model.outputs[0].shape[-1])
     if args.image:
         return report.explain_images(model, args.image, args.method, class_index, args.layer,
                                      args.channel, class_names, output_dir,
@@ -107,11 +114,6 @@ def explain(args):
     if args.misclassified is not None:
         return gallery.misclassified_gallery(run, args.misclassified, args.method, args.layer,
                                              output_dir)
-    if args.evaluate:
-        scores = metrics.evaluate_run(run, args.method, args.layer, args.max_images, args.seed,
-                                      log=lambda line: print(line, file=sys.stderr))
-        path = metrics.write_metrics(run, scores)
-        return [report.Written(path, "explanation scores")], [metrics.format_table(scores)]
     return [gallery.split_patches(run, class_index, args.layer, args.channel, output_dir)], []
 
 

@@ -11,7 +11,6 @@ Training is ``python train.py`` and explanations ``python explain.py``.
 import importlib
 import sys
 
-from keras_caltech.cli import import_tensorflow_quietly
 
 # command -> (module, function); each function is main(argv) -> exit code. Imported
 # lazily so that `--help` and a mistyped command answer without loading TensorFlow.
@@ -33,7 +32,6 @@ def main(argv=None):
         print(f"error: unknown command {command!r}. Valid commands: {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
     module_name, function_name = COMMANDS[command]
-    import_tensorflow_quietly()
     return getattr(importlib.import_module(module_name), function_name)(rest)
 
 

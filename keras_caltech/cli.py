@@ -81,7 +81,9 @@ def import_quietly(module_name, level):
     """Imports ``module_name`` with stderr's file descriptor pointed at a temporary file.
 
     Afterwards, also when the import fails, everything it wrote is passed on to stderr
-    except the C++ log lines that ``level`` hides (see is_startup_chatter).
+    except the C++ log lines that ``level`` hides (see is_startup_chatter). Not when the
+    import kills the process (a FATAL log line is followed by an abort): what it wrote is
+    lost with it, and ``TF_CPP_MIN_LOG_LEVEL=0``, which skips the redirect, shows it.
     """
     try:
         saved = None if module_name in sys.modules or level <= 0 else os.dup(2)

@@ -71,3 +71,10 @@ def test_a_failing_import_still_reports_what_it_wrote(tmp_path, monkeypatch, cap
     with pytest.raises(ImportError, match="broken build"):
         import_quietly("noisy_module", 3)
     assert capfd.readouterr().err == "kept: the reason it failed\n"
+
+
+@pytest.mark.parametrize("command", ["evaluate", "ensemble", "export", "predict"])
+def test_a_sub_command_answers_help_without_loading_tensorflow(command):
+    completed = _run(["-c", "import sys; from keras_caltech.__main__ import main; "
+                      f"code = main(['{command}', '--help']); print(code, 'tensorflow' in sys.modules)"])
+    assert completed.stdout.strip().splitlines()[-1] == "0 False", completed.stdout + completed.stderr

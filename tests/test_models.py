@@ -135,6 +135,9 @@ def test_adaptive_pooling_equals_keras_layer_in_values_and_gradients(side, cells
                                                       pooled.shape))
         results.append((pooled.numpy(), tape.gradient(score, images).numpy()))
     (expected, expected_gradient), (ours, gradient) = results
+    ops = {op.type for op in tf.function(AdaptiveAveragePooling2D(cells, data_format=data_format)).get_concrete_function(
+        tf.TensorSpec(shape, tf.float32)).graph.get_operations()}
+    assert ("AvgPool" in ops and "GatherV2" not in ops) == (side % cells == 0), ops  # one pool where it divides
     assert ours.shape == expected.shape
     np.testing.assert_allclose(ours, expected, atol=1e-6)
     np.testing.assert_allclose(gradient, expected_gradient, atol=1e-6)

@@ -47,6 +47,22 @@ def test_evaluate_names_the_missing_folder_and_then_reads_the_new_place(moved, t
     assert again["top1"] == original["top1"] and again["loss"] == pytest.approx(original["loss"], abs=1e-4)
 
 
+def test_a_relative_data_path_works_from_the_current_folder(moved, monkeypatch, capsys):
+    (run, _), new_place = moved
+    monkeypatch.chdir(new_place.parent)
+    assert main(["evaluate", str(run), "--data", new_place.name]) == 0  # the split view links need absolute targets
+
+
+def test_ensemble_with_data_still_refuses_runs_tested_on_different_datasets(moved, tmp_path, capsys):
+    (run_a, run_b), new_place = moved
+    other = copy_run(run_b, tmp_path / "other")
+    splits = json.loads((other / "splits.json").read_text())
+    splits["root"] = str(tmp_path / "another_dataset")
+    (other / "splits.json").write_text(json.dumps(splits))
+    assert main(["ensemble", str(run_a), str(other), "--data", str(new_place), "--output", str(tmp_path / "e")]) == 2
+    assert "different dataset folders" in one_error_line(capsys)
+
+
 def test_missing_images_in_the_new_place_are_counted_and_named(moved, tmp_path, capsys):
     (run, _), new_place = moved
     partial = shutil.copytree(new_place, tmp_path / "partial")
@@ -74,9 +90,10 @@ def test_an_ensemble_of_moved_runs_reads_the_new_place(moved, tmp_path, capsys):
 
 def test_explain_on_a_moved_dataset_is_one_error_line_not_a_traceback(moved, tmp_path, capsys):
     (run, _), new_place = moved
-    argv = ["--run", str(run), "--sample", "1x1", "--output-dir", str(tmp_path)]
-    assert explain.main(argv) == 2
+    assert explain.main(["--run", str(run), "--sample", "1x1"]) == 2
     assert "old_place" in one_error_line(capsys)
+    assert not (run / "explain").exists()  # a failed call leaves no empty figure folder
+    argv = ["--run", str(run), "--sample", "1x1", "--output-dir", str(tmp_path)]
     assert explain.main([*argv, "--data", str(new_place)]) == 0
     assert list(tmp_path.glob("*.png"))
 

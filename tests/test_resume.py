@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 
 import train
+from keras_caltech.errors import UserError
 from keras_caltech.training import callbacks
 from keras_caltech.training import lock as lock_module
 from keras_caltech.training.resume import STATE_FILE
@@ -287,6 +288,10 @@ def test_a_run_whose_dataset_moved_resumes_with_data_pointing_at_the_new_folder(
     (run_dir / "splits.json").write_text(json.dumps(splits))
     code, err = _error_of(["--resume", str(run_dir)], capsys)
     assert code == 2 and len(err) == 1 and "old_place" in err[0] and "--data" in err[0], err
+    # Checked when the folder is reopened, before any epoch (not only by the final evaluation).
+    from keras_caltech.training.resume import reopen_run_folder
+    with pytest.raises(UserError, match="old_place.*--data"):
+        lock_module.holds_run_folder(reopen_run_folder)(run_dir)  # released however it ends, as in training
 
     new_place = shutil.copytree(tiny_dataset, tmp_path / "new_place")
     assert train.main(["--resume", str(run_dir), "--data", str(new_place)]) == 0

@@ -7,7 +7,7 @@ on stderr, no traceback), 130 interrupted.
 import argparse
 import sys
 
-from keras_caltech.cli import ArgumentParser, run_command
+from keras_caltech.cli import ArgumentParser, import_tensorflow_quietly, run_command
 from keras_caltech.errors import UserError
 
 DATA_HELP = ("the dataset folder, if it moved since training (default: the folder in the run's "
@@ -42,6 +42,7 @@ def _evaluate(argv):
     parser.add_argument("--batch-size", type=int, help="views per forward pass (default: the run's data.batch_size)")
     parser.add_argument("--data", help=DATA_HELP)
     args = parser.parse_args(argv)
+    import_tensorflow_quietly()  # after the flags: --help and flag errors need no TensorFlow
     _check_batch_size(args.batch_size)
     from keras_caltech.evaluation.evaluate import evaluate_run
     from keras_caltech.evaluation.tta import check_tta_mode
@@ -67,6 +68,7 @@ def _ensemble(argv):
     parser.add_argument("--batch-size", type=int, help="views per forward pass (default: each run's data.batch_size)")
     parser.add_argument("--data", help=DATA_HELP.replace("the run's", "each run's"))
     args = parser.parse_args(argv)
+    import_tensorflow_quietly()  # after the flags: --help and flag errors need no TensorFlow
     _check_batch_size(args.batch_size)
     from keras_caltech.evaluation.ensemble import evaluate_ensemble
     from keras_caltech.evaluation.tta import check_tta_mode

@@ -9,7 +9,7 @@ error. TensorFlow and Keras load only after the arguments parse.
 
 import sys
 
-from keras_caltech.cli import ArgumentParser, run_command
+from keras_caltech.cli import ArgumentParser, import_tensorflow_quietly, run_command
 
 
 def export_main(argv=None):
@@ -34,6 +34,7 @@ def _export(argv):
                         help="folder of served models (default: saved_models)")
     parser.add_argument("--name", help="served model name (default: the run folder's name)")
     args = parser.parse_args(argv)
+    import_tensorflow_quietly()  # after the flags: --help and flag errors need no TensorFlow
     from keras_caltech.export.saved_model import export_run
 
     version_dir = export_run(args.run_dir, args.base_dir, name=args.name, version=args.version)
@@ -50,6 +51,7 @@ def _predict(argv):
                         help="saved_models/NAME (highest version) or saved_models/NAME/VERSION")
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="JPEG, PNG, GIF or BMP files")
     args = parser.parse_args(argv)
+    import_tensorflow_quietly()  # after the flags: --help and flag errors need no TensorFlow
     from keras_caltech.export.predict import SavedModelClassifier
 
     classifier = SavedModelClassifier(args.model)

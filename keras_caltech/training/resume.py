@@ -48,7 +48,8 @@ from keras_caltech.data.splits import SPLIT_NAMES
 from keras_caltech.errors import UserError
 from keras_caltech.training.distribute import tf_config_task_index, with_worker_suffix
 from keras_caltech.training.lock import lock_run_folder
-from keras_caltech.training.run_folder import read_json, relocate_dataset, remove_partial_files, replaced_atomically
+from keras_caltech.training.run_folder import (check_dataset, read_json, relocate_dataset, remove_partial_files,
+                                                replaced_atomically)
 
 STATE_FILE = "training_state.npz"
 HISTORY_FILE = "history.csv"
@@ -237,6 +238,8 @@ def reopen_run_folder(run_dir, moved_data=None, log=print):
     if moved_data is not None:
         relocate_dataset(run_dir, moved_data)
         log(f"{run_dir / 'splits.json'} now points at the dataset's new folder {moved_data}")
+    else:
+        check_dataset(run_dir)  # a moved dataset fails here, naming --data, not mid-epoch
     removed = remove_partial_files(run_dir)
     if removed:
         log(f"deleted {len(removed)} partial file(s) left by the interrupted run: {', '.join(removed)}")

@@ -195,8 +195,22 @@ def open_run(path, data=None):
         raise UserError(f"--data {data} is not a folder: give the folder that holds the run's class folders")
     splits = read_json(path / "splits.json")
     return RunFolder(path=path, config=config, class_names=read_json(path / "class_names.json"),
-                     root=pathlib.Path(splits["root"] if data is None else data),
+                     # Resolved: the split views link to root/relative, and a relative link target would
+                     # be read from the link's own folder.
+                     root=pathlib.Path(splits["root"]) if data is None else pathlib.Path(data).resolve(),
                      splits={name: [tuple(pair) for pair in splits[name]] for name in ("train", "val", "test")})
+
+
+def check_dataset(run_dir, data=None):
+    """Opens a run folder and checks that every image of its splits is in its dataset folder.
+
+    Raises:
+        UserError: ``data`` is not a folder, or some of the run's images are missing.
+    """
+    run = open_run(run_dir, data)
+    for split in run.splits:
+        run.split_files(split)  # raises, naming a missing file
+    return run
 
 
 def relocate_dataset(run_dir, data):
@@ -205,9 +219,7 @@ def relocate_dataset(run_dir, data):
     Raises:
         UserError: ``data`` is not a folder, or some of the run's images are not in it.
     """
-    run = open_run(run_dir, data)
-    for split in run.splits:
-        run.split_files(split)  # raises, naming a missing file
+    run = check_dataset(run_dir, data)
     splits = read_json(run.path / "splits.json")
     splits["root"] = str(pathlib.Path(data).resolve())
     write_json(run.path / "splits.json", splits)
