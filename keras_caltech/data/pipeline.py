@@ -175,7 +175,7 @@ def make_dataset(view_dir, class_names, image_size, batch_size, *, cache="none",
         class by class, with attribute ``file_paths``: the view's files in dataset order
         (as on the dataset ``image_dataset_from_directory`` returns).
     """
-    check_cache_mode(cache)
+    _check_cache_mode(cache)
     cropped = crop_from > image_size
     load_size = crop_from if cropped else load_size or image_size
     dataset = keras.utils.image_dataset_from_directory(
@@ -194,7 +194,7 @@ def make_dataset(view_dir, class_names, image_size, batch_size, *, cache="none",
     return dataset
 
 
-def check_cache_mode(cache):
+def _check_cache_mode(cache):
     if cache not in CACHE_MODES:
         raise UserError(f"data.cache must be one of {', '.join(CACHE_MODES)}. Received: {cache!r}")
 
@@ -260,7 +260,7 @@ class EpochBatches:
 
     def __init__(self, view_dir, class_names, image_size, batch_size, *, augmenter=None, transform=None,
                  cache="none", cache_path=None, seed=0, load_size=None, balanced=False):
-        check_cache_mode(cache)
+        _check_cache_mode(cache)
         view_dir = pathlib.Path(view_dir)
         files = [sorted(str(path) for path in (view_dir / name).iterdir()) for name in class_names]
         self.paths = np.array([path for paths in files for path in paths])

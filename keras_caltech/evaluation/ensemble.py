@@ -44,10 +44,9 @@ def open_members(run_dirs, data=None):
     resolved = [pathlib.Path(run_dir).resolve() for run_dir in run_dirs]
     if len(set(resolved)) != len(resolved):
         raise UserError("the same run folder is listed twice; an ensemble member counts once")
-    saved_roots = [open_evaluable_run(run_dir).root for run_dir in run_dirs]  # as trained, before --data
-    runs = [open_evaluable_run(run_dir, data) for run_dir in run_dirs]
+    runs = [open_evaluable_run(run_dir) for run_dir in run_dirs]  # --data applies after the checks
     first = runs[0]
-    for run, root in zip(runs[1:], saved_roots[1:]):
+    for run in runs[1:]:
         if run.class_names != first.class_names:
             only_first = sorted(set(first.class_names) - set(run.class_names))
             only_this = sorted(set(run.class_names) - set(first.class_names))
@@ -56,15 +55,15 @@ def open_members(run_dirs, data=None):
                       else "same classes in a different order")
             raise UserError(f"runs {first.path} and {run.path} have different class lists ({detail}); "
                             "an ensemble sums logits class by class, so its members must share one class list")
-        if root.resolve() != saved_roots[0].resolve():
+        if run.root.resolve() != first.root.resolve():
             raise UserError(f"runs {first.path} and {run.path} were tested on different dataset folders "
-                            f"({saved_roots[0]} vs {root}); ensemble runs trained on the same dataset")
+                            f"({first.root} vs {run.root}); ensemble runs trained on the same dataset")
         if sorted(run.splits["test"]) != sorted(first.splits["test"]):
             differing = len(set(run.splits["test"]) ^ set(first.splits["test"]))
             raise UserError(f"runs {first.path} and {run.path} have different test splits ({differing} image(s) "
                             "in one but not the other); ensemble runs trained with the same data.split_seed, "
                             "data.test_fraction and data.train_per_class")
-    return runs
+    return runs if data is None else [run.moved_to(data) for run in runs]
 
 
 def ensemble_predictions(runs, mode, batch_size=None, log=print):

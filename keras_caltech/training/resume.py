@@ -44,7 +44,6 @@ import numpy as np
 
 from keras_caltech.config import load_config
 from keras_caltech.data.scan import ScanResult
-from keras_caltech.data.splits import SPLIT_NAMES
 from keras_caltech.errors import UserError
 from keras_caltech.training.distribute import tf_config_task_index, with_worker_suffix
 from keras_caltech.training.lock import lock_run_folder
@@ -236,23 +235,20 @@ def reopen_run_folder(run_dir, moved_data=None, log=print):
     run_dir = pathlib.Path(run_dir)
     lock_run_folder(run_dir)
     if moved_data is not None:
-        relocate_dataset(run_dir, moved_data)
+        run = relocate_dataset(run_dir, moved_data)
         log(f"{run_dir / 'splits.json'} now points at the dataset's new folder {moved_data}")
     else:
-        check_dataset(run_dir)  # a moved dataset fails here, naming --data, not mid-epoch
+        run = check_dataset(run_dir)  # a moved dataset fails here, naming --data, not mid-epoch
     removed = remove_partial_files(run_dir)
     if removed:
         log(f"deleted {len(removed)} partial file(s) left by the interrupted run: {', '.join(removed)}")
     cache_dir = run_dir / "cache"
     if any(cache_dir.glob("*.lockfile")):
         shutil.rmtree(cache_dir)  # tf.data's disk cache was cut off mid-write: rebuild it
-    saved_splits = read_json(run_dir / "splits.json")
     report = read_json(run_dir / "data_report.json")
-    class_names = read_json(run_dir / "class_names.json")
-    scan = ScanResult(root=pathlib.Path(saved_splits["root"]), class_names=class_names, files=[],
+    scan = ScanResult(root=run.root, class_names=run.class_names, files=[],
                       excluded=[(entry["path"], entry["reason"]) for entry in report["excluded"]])
-    splits = {name: [tuple(pair) for pair in saved_splits[name]] for name in SPLIT_NAMES}
-    return run_dir, scan, splits
+    return run_dir, scan, run.splits
 
 
 def restore_training(run_dir, model, checkpoint, log=print):

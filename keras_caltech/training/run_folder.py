@@ -172,6 +172,18 @@ class RunFolder:
                             f"from {self.root}, e.g. {missing[0]}. {remedy}")
         return [self.root / relative for relative, _ in pairs], [label for _, label in pairs]
 
+    def moved_to(self, data):
+        """This run with its dataset read from ``data`` (moved, or the run copied elsewhere).
+
+        Raises:
+            UserError: ``data`` is not a folder.
+        """
+        if not pathlib.Path(data).is_dir():
+            raise UserError(f"--data {data} is not a folder: give the folder that holds the run's class folders")
+        # Resolved: the split views link to root/relative, and a relative link target would
+        # be read from the link's own folder.
+        return dataclasses.replace(self, root=pathlib.Path(data).resolve())
+
 
 def open_run(path, data=None):
     """Reads a run folder's config, classes and splits (not the model).
@@ -191,18 +203,18 @@ def open_run(path, data=None):
     config = load_config(path / "config.yaml") if (path / "config.yaml").is_file() else None
     if config is None:
         raise UserError(f"{path} is not a run folder (no config.yaml)")
-    if data is not None and not pathlib.Path(data).is_dir():
-        raise UserError(f"--data {data} is not a folder: give the folder that holds the run's class folders")
     splits = read_json(path / "splits.json")
-    return RunFolder(path=path, config=config, class_names=read_json(path / "class_names.json"),
-                     # Resolved: the split views link to root/relative, and a relative link target would
-                     # be read from the link's own folder.
-                     root=pathlib.Path(splits["root"]) if data is None else pathlib.Path(data).resolve(),
-                     splits={name: [tuple(pair) for pair in splits[name]] for name in ("train", "val", "test")})
+    run = RunFolder(path=path, config=config, class_names=read_json(path / "class_names.json"),
+                    root=pathlib.Path(splits["root"]),
+                    splits={name: [tuple(pair) for pair in splits[name]] for name in ("train", "val", "test")})
+    return run if data is None else run.moved_to(data)
 
 
 def check_dataset(run_dir, data=None):
     """Opens a run folder and checks that every image of its splits is in its dataset folder.
+
+    Returns:
+        The :class:`RunFolder`.
 
     Raises:
         UserError: ``data`` is not a folder, or some of the run's images are missing.
@@ -216,10 +228,14 @@ def check_dataset(run_dir, data=None):
 def relocate_dataset(run_dir, data):
     """Points a run's ``splits.json`` at the dataset's new folder, once every split file is there.
 
+    Returns:
+        The :class:`RunFolder`, reading from ``data``.
+
     Raises:
         UserError: ``data`` is not a folder, or some of the run's images are not in it.
     """
     run = check_dataset(run_dir, data)
     splits = read_json(run.path / "splits.json")
-    splits["root"] = str(pathlib.Path(data).resolve())
+    splits["root"] = str(run.root)
     write_json(run.path / "splits.json", splits)
+    return run

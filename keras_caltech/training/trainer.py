@@ -66,8 +66,6 @@ def normalization_for(config, entry, train_view, class_names):
     mode = config.data.normalization
     if entry.input_normalization is not None:
         return {"mode": "backbone", "mean": None, "std": None}
-    if mode not in NORMALIZATION_MODES:
-        raise UserError(f"unknown data.normalization {mode!r}. Valid modes: {', '.join(NORMALIZATION_MODES)}")
     if mode == "dataset":
         # Statistics of the training split only, at the model's input size, unaugmented,
         # from a seeded random sample (the unshuffled order is class by class).
