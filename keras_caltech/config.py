@@ -27,7 +27,7 @@ class DataConfig:
 
     root: str = ""  # folder-per-class tree; "" means the built-in synthetic dataset
     synthetic_dir: str = "data/synthetic"  # where the synthetic dataset is generated once
-    synthetic_images_per_class: int = 300
+    synthetic_images_per_class: int = 500
     synthetic_seed: int = 0
     cache_dir: str = "data/cache"  # scan results, keyed by the dataset's path
     image_size: int = 224
