@@ -181,8 +181,9 @@ def generate_dataset(root, *, images_per_class=200, num_classes=len(SHAPE_NAMES)
 def ensure_dataset(root, *, images_per_class=200, seed=0):
     """Generates the default synthetic dataset under ``root`` unless it is already complete.
 
-    A marker file written last records the parameters, so an interrupted generation or a
-    changed size is regenerated rather than trusted.
+    A marker file written last records the parameters and the generator's version, so an
+    interrupted generation, a changed size or an older generator's dataset is regenerated
+    rather than trusted.
     """
     root = pathlib.Path(root)
     marker = root / COMPLETE_MARKER
@@ -190,7 +191,7 @@ def ensure_dataset(root, *, images_per_class=200, seed=0):
                            "generator": GENERATOR_VERSION})
     if marker.is_file() and marker.read_text() == expected:
         return root
-    for folder in class_folder_names():  # another size or seed: start clean, no stale images
+    for folder in class_folder_names():  # another size, seed or generator: start clean, no stale images
         shutil.rmtree(root / folder, ignore_errors=True)
     generate_dataset(root, images_per_class=images_per_class, seed=seed)
     marker.write_text(expected)
