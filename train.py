@@ -1,7 +1,9 @@
 """Train a classifier: ``python train.py [--config FILE] [--data DIR] [--set section.key=value ...]``.
 
 With no arguments it generates the built-in synthetic dataset (once, under data/),
-trains configs/default.yaml and prints the test accuracy and the run folder.
+trains configs/quickstart.yaml and prints the test accuracy and the run folder. With
+``--data DIR`` (or ``--dataset``) and no ``--config`` it trains configs/default.yaml,
+the recipe for a user's own data, at an image size and epoch count chosen from the data.
 ``python train.py --resume runs/NAME`` continues a stopped run from its last completed epoch.
 """
 
@@ -11,7 +13,9 @@ import sys
 from keras_caltech.cli import ArgumentParser, import_tensorflow_quietly, run_command  # light: no TensorFlow
 
 DOWNLOAD_DIR = "data"
-DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "default.yaml")
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
+DEFAULT_CONFIG = os.path.join(CONFIG_DIR, "default.yaml")  # the recipe for a user's own data
+QUICKSTART_CONFIG = os.path.join(CONFIG_DIR, "quickstart.yaml")  # the same recipe on the synthetic data
 
 
 def parse_args(argv):
@@ -27,7 +31,8 @@ def parse_args(argv):
                "train.precision, eval.tta (none|flip|10crop), export.enabled, export.base_dir, ... "
                "See keras_caltech/config.py for all of them and their defaults.")
     parser.add_argument("--config",
-                        help="YAML config listing what differs from the defaults (default: configs/default.yaml)")
+                        help="YAML config listing what differs from the defaults (default: "
+                             "configs/default.yaml with --data or --dataset, else configs/quickstart.yaml)")
     parser.add_argument("--data", help="dataset folder with one subfolder per class (overrides data.root); "
                                        "default: the built-in synthetic dataset. With --resume: the "
                                        "dataset's new folder, if it moved since the run started")
@@ -87,7 +92,8 @@ def _train_command(argv):
         if args.dataset:
             from keras_caltech.data.download import download_dataset
             overrides.append(f"data.root={download_dataset(args.dataset, DOWNLOAD_DIR)}")
-        config = load_config(args.config or DEFAULT_CONFIG, overrides)
+        default = DEFAULT_CONFIG if args.data or args.dataset else QUICKSTART_CONFIG
+        config = load_config(args.config or default, overrides)
         if args.dry_run:
             check_tta_mode(config.eval.tta)
             trainer.dry_run(config)

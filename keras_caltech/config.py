@@ -30,7 +30,7 @@ class DataConfig:
     synthetic_images_per_class: int = 500
     synthetic_seed: int = 0
     cache_dir: str = "data/cache"  # scan results, keyed by the dataset's path
-    image_size: int = 224
+    image_size: int = 224  # 0: chosen from the training images (training/auto.py)
     batch_size: int = 32
     exclude_classes: tuple[str, ...] = ()  # folder names or names without the NNN. prefix
     include_classes: tuple[str, ...] = ()  # keep only these (empty: all)
@@ -39,7 +39,7 @@ class DataConfig:
     train_per_class: int = 0  # >0: the literature's protocol, N training images per class, rest test
     split_seed: int = 0
     normalization: str = "dataset"  # dataset | imagenet | half
-    cache: str = "none"  # none | memory | disk: cache decoded, resized images
+    cache: str = "none"  # none | memory | disk | auto (memory when it fits): cache decoded, resized images
     scan_workers: int = 0  # threads for the corrupt-file scan; 0 = one per CPU core
     # Draw every class equally often in training (oversampling the rare ones; Caltech-256
     # has 80 to 827 images per class). An epoch still holds as many images as the split;
@@ -86,7 +86,7 @@ class ModelConfig:
 class TrainConfig:
     """Optimizer, schedule and loop settings."""
 
-    epochs: int = 20
+    epochs: int = 20  # 0: chosen from the training split's size (training/auto.py)
     optimizer: str = "adam"  # adam | adamw | sgd
     learning_rate: float = 1e-3  # the starting rate; the peak for onecycle and cosine
     momentum: float = 0.9  # sgd only
@@ -238,18 +238,21 @@ def _set_dotted(values, assignment):
 
 
 # Values below these would fail deep inside TensorFlow (a batch of 0 images) or train nothing.
-_AT_LEAST_ONE = ("data.image_size", "data.batch_size", "train.epochs", "train.step_epochs")
+_AT_LEAST_ONE = ("data.batch_size", "train.step_epochs")
 _AT_LEAST_ZERO = ("data.train_per_class", "data.scan_workers")
+_ZERO_MEANS_AUTO = ("data.image_size", "train.epochs")  # 0: chosen from the data (training/auto.py)
 _FRACTIONS = ("data.test_fraction", "data.val_fraction", "train.momentum")  # in [0, 1)
 
 
 def _check_ranges(config):
     """Raises UserError naming the dotted path of a number outside its range."""
-    for dotted in _AT_LEAST_ONE + _AT_LEAST_ZERO + _FRACTIONS:
+    for dotted in _AT_LEAST_ONE + _AT_LEAST_ZERO + _ZERO_MEANS_AUTO + _FRACTIONS:
         section, key = dotted.split(".")
         value = getattr(getattr(config, section), key)
         if dotted in _AT_LEAST_ONE and value < 1:
             raise UserError(f"{dotted} must be at least 1. Received: {value}")
+        if dotted in _ZERO_MEANS_AUTO and value < 0:
+            raise UserError(f"{dotted} must be at least 1, or 0 to choose it from the data. Received: {value}")
         if dotted in _AT_LEAST_ZERO and value < 0:
             raise UserError(f"{dotted} must be at least 0. Received: {value}")
         if dotted in _FRACTIONS and not 0 <= value < 1:

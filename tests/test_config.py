@@ -62,8 +62,10 @@ def test_every_shipped_config_loads_and_validates(path):
     from keras_caltech.training import phases, recipes
     from keras_caltech.training.optim import make_optimizer
 
-    config = load_config(path)
-    get_model_entry(config.model.name)
+    from keras_caltech.training import auto
+
+    # Settings left to the data are checked with typical values, as training checks them.
+    config = auto.stand_in(load_config(path), get_model_entry(load_config(path).model.name).default_image_size)
     phases.plan_phases(config)
     recipes.check_recipe(config)
     build_augmenter(config.augment, config.data.image_size)
@@ -89,10 +91,16 @@ def class_folders(tmp_path_factory):
 def test_every_shipped_config_builds_in_a_dry_run_at_its_own_size(path, class_folders, capsys):
     import train
 
+    from keras_caltech.models import get_model_entry
+    from keras_caltech.training import auto
+
     config = load_config(path)
     assert train.main(["--config", str(path), "--data", str(class_folders), "--dry-run"]) == 0
     out = capsys.readouterr().out
-    assert f"{config.model.name}: " in out and " parameters, " in out and f"{config.data.image_size} px input" in out
+    # An auto size with no image to read falls back to the model's published size, capped.
+    size = config.data.image_size or min(get_model_entry(config.model.name).default_image_size,
+                                         auto.MAX_AUTO_IMAGE_SIZE)
+    assert f"{config.model.name}: " in out and " parameters, " in out and f"{size} px input" in out
     if config.model.weights != "none":
         assert "not loaded: a dry run never reads or downloads weights" in out
 

@@ -59,8 +59,8 @@ def test_a_zero_byte_config_means_the_defaults(tmp_path):
 
 @pytest.mark.parametrize("override, message", [
     ("data.batch_size=0", "data.batch_size must be at least 1. Received: 0"),
-    ("train.epochs=-3", "train.epochs must be at least 1. Received: -3"),
-    ("data.image_size=0", "data.image_size must be at least 1"),
+    ("train.epochs=-3", "train.epochs must be at least 1, or 0 to choose it from the data. Received: -3"),
+    ("data.image_size=-1", "data.image_size must be at least 1, or 0 to choose it from the data"),
     ("data.test_fraction=1.5", "data.test_fraction must be a fraction in [0, 1). Received: 1.5"),
     ("model.dropout=5", "model.dropout must be a fraction in [0, 1). Received: 5"),
     ("train.momentum=1.5", "train.momentum must be a fraction in [0, 1)"),

@@ -99,7 +99,7 @@ def discover_classes(root, include=(), exclude=()):
     return folders, not_found
 
 
-def _header_size(data):
+def header_size(data):
     """(width, height) read from an encoded image's header without decoding it, or None if unknown."""
     if tf.io.is_jpeg(data):
         height, width, _ = tf.io.extract_jpeg_shape(data).numpy()
@@ -121,7 +121,7 @@ def check_image(path):
         if os.path.getsize(path) == 0:
             return "empty file (0 bytes)"
         data = tf.io.read_file(str(path))
-        size = _header_size(data)  # cheap, so a huge image is refused before it is decoded
+        size = header_size(data)  # cheap, so a huge image is refused before it is decoded
         if size is not None and size[0] * size[1] > MAX_PIXELS:
             return (f"too large ({size[0]}x{size[1]} pixels; limit {MAX_PIXELS} pixels, MAX_PIXELS in "
                     "keras_caltech/data/scan.py)")

@@ -5,13 +5,32 @@ layer it adds from a ``name`` prefix, so layer names stay stable and readable
 (``block3_1_conv``, ``head_pool``) for Grad-CAM, fine-tuning and weight transfer.
 """
 
+import keras
 from keras import layers
 
 from keras_caltech.models.layers import FusedBatchNormalization
 
+# PyTorch's BatchNorm2d defaults, which the from-scratch reports trained with: its
+# momentum=0.1 weights the new batch by 0.1, Keras' momentum the old average, hence 0.9.
+# Keras' own 0.99 leaves the moving statistics mostly at their initial values after a
+# few hundred steps, so a short run evaluates with statistics it never learned.
+BATCH_NORM_MOMENTUM = 0.9
+BATCH_NORM_EPSILON = 1e-5
+
+
+def torch_default_initializer():
+    """PyTorch's default Conv2d/Linear kernel initializer, ``kaiming_uniform_(a=sqrt(5))``.
+
+    That is uniform in +-sqrt(1 / fan_in) (gain sqrt(2 / (1 + 5)) times sqrt(3 / fan_in)),
+    a third of the variance of He's; Keras' default, Glorot uniform, also counts fan_out.
+    """
+    return keras.initializers.VarianceScaling(scale=1 / 3, mode="fan_in", distribution="uniform")
+
 
 def batch_norm(name):
     """The BatchNormalization of every architecture trained from scratch, synchronized across replicas.
+
+    Momentum and epsilon are PyTorch's (:data:`BATCH_NORM_MOMENTUM`).
 
     Under a multi-replica tf.distribute strategy each replica sees 1/N of the global
     batch; synchronized statistics cover the whole global batch, so N replicas train as
@@ -21,10 +40,11 @@ def batch_norm(name):
     them frozen, in inference mode, where no batch statistics are computed. On one
     replica it runs TensorFlow's fused kernel (models/layers.FusedBatchNormalization).
     """
-    return FusedBatchNormalization(synchronized=True, name=name)
+    return FusedBatchNormalization(momentum=BATCH_NORM_MOMENTUM, epsilon=BATCH_NORM_EPSILON,
+                                   synchronized=True, name=name)
 
 
-def conv_bn_relu(x, filters, name, kernel_size=3, strides=1):
+def conv_bn_relu(x, filters, name, kernel_size=3, strides=1, kernel_initializer="glorot_uniform"):
     """Conv (no bias: BatchNorm adds one) -> BatchNorm -> ReLU, named ``{name}_conv/_bn/_relu``.
 
     Args:
@@ -33,12 +53,13 @@ def conv_bn_relu(x, filters, name, kernel_size=3, strides=1):
         name: prefix of the three layer names.
         kernel_size: side of the square kernel.
         strides: convolution stride; "same" padding keeps ``ceil(size / strides)``.
+        kernel_initializer: the convolution's (Keras' default unless a model says otherwise).
 
     Returns:
         Feature map (batch, ceil(height / strides), ceil(width / strides), filters), >= 0.
     """
     x = layers.Conv2D(filters, kernel_size, strides=strides, padding="same", use_bias=False,
-                      name=f"{name}_conv")(x)
+                      kernel_initializer=kernel_initializer, name=f"{name}_conv")(x)
     x = batch_norm(f"{name}_bn")(x)
     return layers.ReLU(name=f"{name}_relu")(x)
 

@@ -29,6 +29,7 @@ from keras_caltech.data.augment import build_augmenter, keyed_randomness, load_s
 from keras_caltech.data.pipeline import CACHE_MODES, NORMALIZATION_MODES, EpochBatches, make_dataset
 from keras_caltech.data.sampling import class_counts
 from keras_caltech.errors import UserError
+from keras_caltech.training.auto import AUTO_CACHE
 from keras_caltech.training.distribute import STRATEGIES
 from keras_caltech.training.precision import PRECISIONS
 
@@ -47,7 +48,7 @@ def check_recipe(config):
     # Named choices that later steps check as they use them: checked here, before a scan
     # or a run folder exists (and in dry runs, which never reach those steps).
     for dotted, value, choices in (("data.normalization", config.data.normalization, NORMALIZATION_MODES),
-                                   ("data.cache", config.data.cache, CACHE_MODES),
+                                   ("data.cache", config.data.cache, CACHE_MODES + (AUTO_CACHE,)),
                                    ("train.strategy", train.strategy, STRATEGIES),
                                    ("train.precision", train.precision, PRECISIONS)):
         if value not in choices:
@@ -67,6 +68,23 @@ def check_recipe(config):
     if train.class_weight != "none" and config.data.balanced_sampling:
         raise UserError("train.class_weight=balanced and data.balanced_sampling=true both correct "
                         "the class imbalance, and together over-correct it; use one of them")
+
+
+def describe_recipe(config):
+    """One line naming what a run trains and how: model, optimizer, schedule, regularization, augmentation."""
+    train, augment = config.train, config.augment
+    dropout = "" if config.model.dropout is None else f", dropout {config.model.dropout:g}"
+    schedule = {"onecycle": f"one-cycle (peak {train.learning_rate:g}, {train.pct_start:g} rising)",
+                "cosine": f"cosine (peak {train.learning_rate:g}, {train.warmup_epochs:g} warm-up epochs)",
+                "step": f"step (x{train.step_gamma:g} every {train.step_epochs} epochs from {train.learning_rate:g})",
+                }.get(train.schedule, f"{train.schedule} {train.learning_rate:g}")
+    augmentations = [name for name in ("horizontal_flip", "random_resized_crop") if getattr(augment, name)]
+    augmentations += [f"{name} {getattr(augment, name):g}" for name in
+                      ("rotation", "translation", "zoom", "shear", "color_jitter", "random_erasing",
+                       "mixup_alpha", "cutmix_alpha") if getattr(augment, name)]
+    return (f"recipe {config.name}: {config.model.name}{dropout}; {train.optimizer}, {schedule}, "
+            f"weight decay {train.weight_decay:g}, label smoothing {train.label_smoothing:g}; "
+            f"augment: {', '.join(augmentations) or 'none'}")
 
 
 def loss_and_metrics(config, num_classes):

@@ -22,11 +22,11 @@ from keras_caltech.config import config_to_dict
 from keras_caltech.data import synthetic
 from keras_caltech.data.augment import build_augmenter
 from keras_caltech.data.pipeline import NORMALIZATION_MODES, EpochBatches, channel_statistics, materialize_split
-from keras_caltech.data.scan import discover_classes, scan_dataset
+from keras_caltech.data.scan import IMAGE_EXTENSIONS, discover_classes, scan_dataset
 from keras_caltech.data.splits import SPLIT_NAMES, stratified_split
 from keras_caltech.errors import UserError
 from keras_caltech.models import create_model, get_model_entry
-from keras_caltech.training import phases, recipes
+from keras_caltech.training import auto, phases, recipes
 from keras_caltech.training.callbacks import BestCheckpoint, StopOnNonFiniteLoss
 from keras_caltech.training.distribute import make_strategy, worker_index, worker_run_dir
 from keras_caltech.training.lock import lock_run_folder
@@ -100,12 +100,17 @@ def dry_run(config, log=print):
     architecture fails here. The phases, augmentation, loss and schedule settings are
     checked as training would check them.
     """
+    entry = get_model_entry(config.model.name)
+    auto.check_auto(config)
+    recipes.check_recipe(auto.stand_in(config, entry.default_image_size))
+    root = dataset_root(config.data)
+    class_names, _ = discover_classes(root, config.data.include_classes, config.data.exclude_classes)
+    # Settings left to the data, from the files as listed (a dry run decodes nothing).
+    images = auto.listed_images(root, class_names, IMAGE_EXTENSIONS)
+    config = auto.resolve_auto(config, images, entry.default_image_size, len(images), log=log)
     plan = phases.plan_phases(config)
-    recipes.check_recipe(config)
     build_augmenter(config.augment, config.data.image_size)
     make_optimizer(config.train, DRY_RUN_STEPS_PER_EPOCH)
-    class_names, _ = discover_classes(dataset_root(config.data), config.data.include_classes,
-                                      config.data.exclude_classes)
     model = build_model(config, len(class_names))
     phases.check_fine_tune_blocks(model, config)
     if config.model.init_from:
@@ -123,8 +128,11 @@ def dry_run(config, log=print):
 def _new_run(config, run_dir, log):
     """Scans the data, splits it and writes a new, locked run folder's data files.
 
+    Settings left to the data (``training/auto.py``) are chosen from the training split
+    here, and written into the run's config.yaml.
+
     Returns:
-        (run_dir, scan, splits).
+        (config with its auto settings chosen, run_dir, scan, splits).
     """
     root = dataset_root(config.data)
     log(f"scanning {root} ...")
@@ -134,6 +142,9 @@ def _new_run(config, run_dir, log):
     splits = stratified_split(scan.files, class_names, test_fraction=config.data.test_fraction,
                               val_fraction=config.data.val_fraction,
                               train_per_class=config.data.train_per_class, seed=config.data.split_seed)
+    config = auto.resolve_auto(config, [pathlib.Path(scan.root) / path for path, _ in splits["train"]],
+                               get_model_entry(config.model.name).default_image_size,
+                               len(splits["train"]) + len(splits["val"]), log=log)
 
     run_dir = create_run_folder(run_dir)
     lock_run_folder(run_dir)
@@ -146,7 +157,7 @@ def _new_run(config, run_dir, log):
         "num_excluded": len(scan.excluded),
         "excluded": [{"path": path, "reason": reason} for path, reason in scan.excluded],
         "exclude_classes_not_found": scan.classes_not_found})
-    return run_dir, scan, splits
+    return config, run_dir, scan, splits
 
 
 def train(config, output_dir=None, *, resume=False, moved_data=None, verbose=None, log=print):
@@ -174,8 +185,10 @@ def train(config, output_dir=None, *, resume=False, moved_data=None, verbose=Non
         UserError: bad data, config or model choice, a run folder in use, or a loss that became NaN.
     """
     entry = get_model_entry(config.model.name)  # fail on a bad name before any heavy work
-    phases.plan_phases(config)  # ... and on phase settings that contradict each other
-    recipes.check_recipe(config)
+    auto.check_auto(config)
+    checked = auto.stand_in(config, entry.default_image_size)  # auto settings are chosen after the scan
+    phases.plan_phases(checked)  # ... and on phase settings that contradict each other
+    recipes.check_recipe(checked)
     strategy = make_strategy(config.train.strategy)  # before other TensorFlow ops: multi-worker sets up the runtime
     set_precision(config.train.precision, log=log)
     keras.utils.set_random_seed(config.train.seed)
@@ -185,7 +198,8 @@ def train(config, output_dir=None, *, resume=False, moved_data=None, verbose=Non
     if resume:
         run_dir, scan, splits = reopen_run_folder(run_dir, moved_data, log=log)
     else:
-        run_dir, scan, splits = _new_run(config, run_dir, log)
+        log(recipes.describe_recipe(config))
+        config, run_dir, scan, splits = _new_run(config, run_dir, log)
     class_names = scan.class_names
     log(f"{len(class_names)} classes; train/val/test = "
         f"{'/'.join(str(len(splits[name])) for name in SPLIT_NAMES)} images; "

@@ -1,0 +1,121 @@
+"""The default recipe for a user's own data: settings chosen from the data, and the configs that use it."""
+
+import pathlib
+
+import cv2
+import numpy as np
+import pytest
+import yaml
+
+import train
+from keras_caltech.config import config_to_dict, load_config
+from keras_caltech.models import create_model
+from keras_caltech.models.blocks import BATCH_NORM_MOMENTUM
+from keras_caltech.training import auto
+
+CONFIGS = pathlib.Path(__file__).resolve().parent.parent / "configs"
+TINY = ["--set", "data.batch_size=8", "--set", "data.cache_dir=", "--set", "train.tensorboard=false",
+        "--set", "export.enabled=false"]
+
+
+def _images(folder, sides, extension=".png"):
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for index, (width, height) in enumerate(sides):
+        path = folder / f"{index:03d}{extension}"
+        cv2.imwrite(str(path), np.full((height, width, 3), 100, np.uint8))
+        paths.append(path)
+    return paths
+
+
+def test_the_auto_image_size_is_the_median_shorter_side_rounded_down_to_16(tmp_path):
+    paths = _images(tmp_path, [(100, 90), (90, 300), (95, 95), (500, 40), (30, 97)], ".jpg")
+    # Shorter sides 90, 90, 95, 40, 30: median 90, rounded down to 80.
+    assert auto.typical_image_side(paths) == 90
+    assert auto.auto_image_size(paths, 224)[0] == 80
+
+
+@pytest.mark.parametrize("sides, expected", [
+    ([(8, 8)] * 3, auto.MIN_AUTO_IMAGE_SIZE),  # tiny scans are not shrunk below the minimum
+    ([(4000, 3000)] * 3, auto.MAX_AUTO_IMAGE_SIZE),  # photographs are capped for a CPU
+])
+def test_the_auto_image_size_stays_within_its_bounds(tmp_path, sides, expected):
+    size, why = auto.auto_image_size(_images(tmp_path, sides), 224)
+    assert size == expected
+    assert ("capped" in why) == (expected == auto.MAX_AUTO_IMAGE_SIZE)
+
+
+def test_files_without_a_readable_header_are_never_decoded_and_fall_back_to_the_model_size(tmp_path):
+    (tmp_path / "a.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    (tmp_path / "b.webp").write_bytes(b"RIFF\x00\x00\x00\x00WEBPVP8L")
+    (tmp_path / "gone.png").write_bytes(b"")
+    paths = sorted(tmp_path.iterdir()) + [tmp_path / "deleted.png"]
+    assert auto.typical_image_side(paths) is None
+    assert auto.auto_image_size(paths, 96) == (96, "no image size could be read from the files' headers")
+
+
+@pytest.mark.parametrize("num_images, batch_size, expected", [
+    (40, 32, auto.MAX_AUTO_EPOCHS),  # 2 steps per epoch: capped
+    (3600, 32, 27),  # 113 steps per epoch: ceil(3000 / 113)
+    (30000, 32, auto.MIN_AUTO_EPOCHS),  # 938 steps per epoch: at least the minimum
+])
+def test_auto_epochs_aim_at_a_number_of_steps_within_bounds(num_images, batch_size, expected):
+    assert auto.auto_epochs(num_images, batch_size)[0] == expected
+
+
+def test_the_auto_cache_holds_images_in_memory_only_when_they_fit():
+    assert auto.auto_cache(1000, 64)[0] == "memory"  # 49 MB
+    mode, why = auto.auto_cache(30000, 224)  # 18 GB
+    assert mode == "none" and "data.cache=disk" in why
+
+
+def test_progressive_resizing_needs_an_explicit_size_and_epochs():
+    config = load_config(None, ["data.image_size=0", "train.progressive_sizes=[32,64]",
+                                "train.progressive_epochs=[1,1]", "train.epochs=2"])
+    with pytest.raises(Exception, match="progressive resizing .* needs an explicit data.image_size"):
+        auto.check_auto(config)
+
+
+def test_data_without_a_config_trains_the_default_recipe_with_settings_chosen_from_the_data(
+        tiny_dataset, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    assert train.main(["--data", str(tiny_dataset), "--output-dir", str(run_dir), *TINY,
+                       "--set", "train.epochs=2"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    # The first line names the recipe; the size chosen, and why, follows the scan.
+    assert out[0].startswith("recipe default: compact_resnet; adamw, one-cycle")
+    # Images of 40-72 px a side: median shorter side 5x px, rounded down to 48.
+    assert any(line.startswith("image size 48 px, chosen from the data (median image side 5") for line in out)
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert saved["model"]["name"] == "compact_resnet" and saved["data"]["image_size"] == 48
+    assert saved["data"]["cache"] == "memory" and saved["train"]["epochs"] == 2
+    with open(run_dir / "history.csv") as handle:
+        assert len(handle.read().splitlines()) == 1 + 2
+
+
+def test_a_dry_run_chooses_the_auto_settings_from_the_listed_files(tiny_dataset, capsys):
+    assert train.main(["--data", str(tiny_dataset), "--dry-run", *TINY]) == 0
+    out = capsys.readouterr().out
+    assert "image size 48 px, chosen from the data" in out and "conv5_block1_out" in out
+    # 48 images listed, 6 steps of 8 per epoch: capped at the maximum.
+    assert f"{auto.MAX_AUTO_EPOCHS} epochs, chosen from the data (48 training images, 6 steps" in out
+
+
+def test_the_quick_start_is_the_default_recipe_with_only_its_data_and_epochs_set():
+    default = config_to_dict(load_config(CONFIGS / "default.yaml"))
+    quickstart = config_to_dict(load_config(CONFIGS / "quickstart.yaml"))
+    differences = {(section, key) for section, values in default.items() if isinstance(values, dict)
+                   for key in values if values[key] != quickstart[section][key]}
+    assert differences == {("data", "image_size"), ("train", "epochs")}
+    assert default["data"]["image_size"] == 0 and default["train"]["epochs"] == 0
+
+
+def test_mycnn_starts_from_pytorchs_initialization_and_batchnorm():
+    model = create_model("mycnn", 10, 64)
+    for name in ("block2_conv", "fc1", "logits"):
+        kernel = np.asarray(model.get_layer(name).kernel)
+        fan_in = int(np.prod(kernel.shape[:-1]))
+        bound = np.sqrt(1 / fan_in)  # kaiming_uniform_(a=sqrt(5))
+        assert np.abs(kernel).max() <= bound and np.abs(kernel).max() > 0.9 * bound, name
+    assert model.get_layer("block1_bn").momentum == BATCH_NORM_MOMENTUM == 0.9
+    assert model.get_layer("block1_bn").epsilon == 1e-5
