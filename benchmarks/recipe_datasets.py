@@ -7,7 +7,7 @@ The real images come from scikit-learn, which ships them (``pip install scikit-l
 
 - ``textures``: 10 procedural textures (gratings, checks, dots, stripes, noise of several
   grains) in random colours, 40 images each, plus a ``257.clutter`` class mixing them.
-- ``shapes_anywhere``: the built-in shape classes at another seed, 80 per class.
+- ``shapes_anywhere``: the built-in shape classes at another seed, 150 per class.
 - ``glyphs``: the digits 0-9 drawn in random fonts, colours, contrast, sizes, positions
   and slants on noisy backgrounds, 120 per class.
 - ``tiny_classes``: 20 letters, 12 images each.
@@ -102,7 +102,7 @@ def textures(root, seed=0, per_class=40, size=72):
         _write(root / "257.clutter" / f"{number:04d}.jpg", np.where(mask, first, second))
 
 
-def shapes_anywhere(root, seed=7, per_class=80):
+def shapes_anywhere(root, seed=7, per_class=150):
     synthetic.generate_dataset(root, images_per_class=per_class, seed=seed, min_size=80, max_size=160)
 
 
@@ -201,7 +201,7 @@ def sklearn_photos(root, seed=6, per_class=60):
 
 # name -> (generator, image size, epochs for the comparison)
 DATASETS = {
-    "textures": (textures, 64, 15),
+    "textures": (textures, 64, 25),
     "shapes_anywhere": (shapes_anywhere, 64, 30),
     "glyphs": (glyphs, 48, 15),
     "tiny_classes": (tiny_classes, 48, 40),

@@ -85,7 +85,7 @@ def tiny_runs(tiny_dataset, tmp_path_factory):
 
     base = tmp_path_factory.mktemp("runs")
     tiny = ["--set", "data.batch_size=8", "--set", "train.epochs=1", "--set", "data.cache_dir=",
-            "--set", "train.tensorboard=false", "--set", "export.enabled=false"]
+            "--set", "train.tensorboard=false", "--set", "export.enabled=false", "--set", "model.name=mycnn"]
     for name, extra in (("a", ["--set", "data.image_size=32", "--set", "eval.tta=flip"]),
                         ("b", ["--set", "data.image_size=40", "--set", "train.seed=1"])):
         assert train.main(["--data", str(tiny_dataset), "--output-dir", str(base / name), *tiny, *extra]) == 0

@@ -12,7 +12,7 @@ explanations can be scored::
 Box corners are pixel coordinates in the saved image, ``x1``/``y1`` exclusive.
 
 Each object sits anywhere in its image (its centre uniform over the positions that keep
-it whole) and is small enough (radius 15-24% of the shorter side) that it often misses
+it whole) and is small enough (radius 12-20% of the shorter side) that it often misses
 the image centre, so a heatmap that finds the object beats one that points at the
 centre (the pointing game's baseline; ``tests/test_synthetic.py`` measures how often the
 centre falls in the box).
@@ -32,9 +32,9 @@ SHAPE_NAMES = ("circle", "ring", "triangle", "square", "star", "cross",
                "crescent", "arrow", "ell", "hourglass")
 BOXES_FILE = "boxes.json"
 COMPLETE_MARKER = ".complete"
-OBJECT_SCALE = (0.15, 0.24)  # the object's radius as a share of the image's shorter side
+OBJECT_SCALE = (0.12, 0.20)  # the object's radius as a share of the image's shorter side
 # Written into the completion marker: a dataset made by an older generator is regenerated.
-GENERATOR_VERSION = 3
+GENERATOR_VERSION = 4
 
 
 def _regular_polygon(sides, phase=0.0):
