@@ -22,10 +22,10 @@ def parse_args(argv):
     parser = ArgumentParser(
         description="Train a CNN image classifier on a folder-per-class dataset "
                     "(Caltech-256, Caltech-101, or the built-in synthetic one).",
-        epilog="Config fields (section.key): data.image_size, data.batch_size, data.root, "
+        epilog="Config fields (section.key): data.image_size (0: from the data), data.batch_size, data.root, "
                "data.exclude_classes, data.include_classes, data.normalization (dataset|imagenet|half), "
-               "data.cache (none|memory|disk), data.balanced_sampling, augment.*, model.name, model.dropout, "
-               "model.weights (imagenet|none|FILE), model.fine_tune_blocks, train.epochs, "
+               "data.cache (none|memory|disk|auto), data.balanced_sampling, augment.*, model.name, model.dropout, "
+               "model.weights (imagenet|none|FILE), model.fine_tune_blocks, train.epochs (0: from the data), "
                "train.optimizer (adam|adamw|sgd), train.learning_rate, "
                "train.schedule (constant|step|onecycle|cosine), train.label_smoothing, train.class_weight, "
                "train.precision, eval.tta (none|flip|10crop), export.enabled, export.base_dir, ... "
@@ -92,7 +92,8 @@ def _train_command(argv):
         if args.dataset:
             from keras_caltech.data.download import download_dataset
             overrides.append(f"data.root={download_dataset(args.dataset, DOWNLOAD_DIR)}")
-        default = DEFAULT_CONFIG if args.data or args.dataset else QUICKSTART_CONFIG
+        own_data = args.data or args.dataset or any(item.strip().startswith("data.root=") for item in args.set)
+        default = DEFAULT_CONFIG if own_data else QUICKSTART_CONFIG
         config = load_config(args.config or default, overrides)
         if args.dry_run:
             check_tta_mode(config.eval.tta)

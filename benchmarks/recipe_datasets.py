@@ -154,7 +154,7 @@ def many_classes(root, seed=4, per_class=15, size=40):
         for ink_index, (ink_name, ink) in enumerate(INKS.items()):
             for number in range(per_class):
                 rng = np.random.default_rng([seed, index, ink_index, number])
-                # Light paper, so the ink's colour stays what tells the classes apart.
+                # Ink of a fixed colour per class on random paper: colour decides half the class.
                 image = _glyph(letter, rng, size, ink=np.array(ink, np.float32))
                 _write(root / f"{letter}_{ink_name}" / f"{number:04d}.jpg", image)
 
@@ -192,9 +192,9 @@ def sklearn_photos(root, seed=6, per_class=60):
         for region in range(4):  # quadrants of each photograph
             top, left = (region // 2) * height // 2, (region % 2) * width // 2
             for number in range(per_class):
-                side = int(rng.integers(64, 161))
-                y = top + int(rng.integers(0, height // 2 - side // 2))
-                x = left + int(rng.integers(0, width // 2 - side // 2))
+                side = int(rng.integers(64, 161))  # square crops wholly inside the region
+                y = top + int(rng.integers(0, height // 2 - side + 1))
+                x = left + int(rng.integers(0, width // 2 - side + 1))
                 crop = photo[y:y + side, x:x + side]
                 _write(root / f"photo{photo_index}_region{region}" / f"{number:04d}.jpg", crop)
 

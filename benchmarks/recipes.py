@@ -4,6 +4,7 @@
     python benchmarks/recipes.py                   # every dataset, default recipe vs plain Keras (~40 min on 2 cores)
     python benchmarks/recipes.py --datasets glyphs,textures --recipes default,plain_keras,mycnn
     python benchmarks/recipes.py --write-docs      # also rewrite the table in docs/recipes.md
+    python benchmarks/recipes.py --smoke           # wiring only: 6 glyphs per class, 32 px, 1 epoch
 
 The datasets (benchmarks/recipe_datasets.py) are generated once under ``--work-dir``
 (outside the repository). Every recipe trains on the same images at the same image size
@@ -19,7 +20,9 @@ split that ``train.py`` draws (its ``splits.json``).
   validation images (80%), so it sees more data than ``default`` (72%).
 
 Prints a Markdown table: test top-1 per dataset and recipe, the ratio to plain Keras,
-and seconds per run. A benchmark, not a test: nothing asserts on the numbers.
+and seconds per run. Every recipe runs in its own process, so each time includes
+starting TensorFlow; ``train.py``'s also include its scan, evaluation and plots. A
+benchmark, not a test: nothing asserts on the numbers.
 """
 
 import argparse
@@ -28,6 +31,7 @@ import json
 import os
 import pathlib
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -49,19 +53,19 @@ DOCS_PAGE = ROOT / "docs" / "recipes.md"
 TABLE_START, TABLE_END = "<!-- recipes table: start -->", "<!-- recipes table: end -->"
 
 
-def ensure_dataset(work_dir, name):
-    """Generates dataset ``name`` under ``work_dir`` once; returns its folder."""
+def ensure_dataset(work_dir, name, generate):
+    """Generates dataset ``name`` under ``work_dir`` once with ``generate(folder)``; returns its folder."""
     folder = work_dir / "datasets" / name
     marker = folder / ".complete"
     if not marker.is_file():
-        generate = recipe_datasets.DATASETS[name][0]
         generate(folder)
         marker.write_text("1")
     return folder
 
 
 def train_with_script(data_dir, run_dir, size, epochs, overrides=()):
-    """Runs ``python train.py --data`` with the default config; returns (metrics dict, seconds)."""
+    """Runs ``python train.py --data`` with the default config; returns (test top-1, seconds)."""
+    shutil.rmtree(run_dir, ignore_errors=True)  # a run folder must start empty
     command = [sys.executable, str(ROOT / "train.py"), "--data", str(data_dir), "--output-dir", str(run_dir),
                "--set", f"data.image_size={size}", "--set", f"train.epochs={epochs}",
                "--set", "export.enabled=false", "--set", "train.tensorboard=false",
@@ -73,24 +77,34 @@ def train_with_script(data_dir, run_dir, size, epochs, overrides=()):
     seconds = time.time() - started
     if finished.returncode != 0:
         raise RuntimeError(f"train.py failed ({finished.returncode}): {finished.stderr.strip()[-2000:]}")
-    return json.loads((run_dir / "metrics.json").read_text()), seconds
+    return json.loads((run_dir / "metrics.json").read_text())["top1"], seconds
+
+
+def plain_keras_in_process(run_dir, size, epochs):
+    """Runs :func:`train_plain_keras` in a new process, as the other recipes run; returns (top-1, seconds)."""
+    started = time.time()
+    finished = subprocess.run([sys.executable, __file__, "--plain-keras", str(run_dir), str(size), str(epochs)],
+                              capture_output=True, text=True)
+    if finished.returncode != 0:
+        raise RuntimeError(f"plain Keras failed ({finished.returncode}): {finished.stderr.strip()[-2000:]}")
+    return float(finished.stdout.strip().splitlines()[-1]), time.time() - started
 
 
 def _linked_split(root, entries, folder):
-    """A folder-per-class tree of symbolic links to the split's files, for image_dataset_from_directory."""
+    """A new folder-per-class tree of symbolic links to the split's files, for image_dataset_from_directory."""
+    shutil.rmtree(folder, ignore_errors=True)  # no link of an earlier split may stay behind
     for path, _ in entries:
         source = pathlib.Path(root) / path
         target = folder / source.parent.name / source.name
         target.parent.mkdir(parents=True, exist_ok=True)
-        if not target.exists():
-            target.symlink_to(source)
+        target.symlink_to(source)
 
 
 def train_plain_keras(run_dir, size, epochs, seed=0):
     """The plain Keras script, on the train+val and test files of the ``default`` run in ``run_dir``.
 
     Returns:
-        (test top-1 accuracy, seconds).
+        Test top-1 accuracy.
     """
     import keras
     import tensorflow as tf
@@ -100,13 +114,15 @@ def train_plain_keras(run_dir, size, epochs, seed=0):
     plain_dir = run_dir.parent / (run_dir.name + "_plain")
     _linked_split(splits["root"], splits["train"] + splits["val"], plain_dir / "train")
     _linked_split(splits["root"], splits["test"], plain_dir / "test")
-    started = time.time()
     keras.utils.set_random_seed(seed)
-    options = dict(image_size=(size, size), batch_size=32, class_names=class_names, seed=seed)
-    train = keras.utils.image_dataset_from_directory(plain_dir / "train", shuffle=True, verbose=False, **options)
-    test = keras.utils.image_dataset_from_directory(plain_dir / "test", shuffle=False, verbose=False, **options)
+    options = dict(image_size=(size, size), class_names=class_names, seed=seed, verbose=False)
+    # Decoded once and cached unbatched, then reshuffled every epoch (caching the loader's
+    # own shuffled batches would replay one order in every epoch).
+    train = keras.utils.image_dataset_from_directory(plain_dir / "train", batch_size=None, shuffle=False, **options)
+    test = keras.utils.image_dataset_from_directory(plain_dir / "test", batch_size=32, shuffle=False, **options)
     augment = keras.Sequential([keras.layers.RandomFlip("horizontal"), keras.layers.RandomTranslation(0.1, 0.1)])
-    train = train.cache().map(lambda x, y: (augment(x, training=True), y)).prefetch(tf.data.AUTOTUNE)
+    train = (train.cache().shuffle(len(splits["train"]) + len(splits["val"]), seed=seed).batch(32)
+             .map(lambda x, y: (augment(x, training=True), y)).prefetch(tf.data.AUTOTUNE))
 
     inputs = keras.Input((size, size, 3))
     x = keras.layers.Rescaling(1 / 255)(inputs)
@@ -120,17 +136,20 @@ def train_plain_keras(run_dir, size, epochs, seed=0):
     model.compile(keras.optimizers.Adam(1e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                   metrics=["accuracy"])
     model.fit(train, epochs=epochs, verbose=0)
-    _, accuracy = model.evaluate(test.cache(), verbose=0)
-    keras.backend.clear_session()
-    return float(accuracy), time.time() - started
+    _, accuracy = model.evaluate(test, verbose=0)
+    return float(accuracy)
 
 
-def run_bench(work_dir, datasets, recipes, log=print):
-    """Trains every recipe on every dataset; returns rows of results."""
+# --smoke: one tiny dataset, for the tests.
+SMOKE_DATASETS = {"glyphs_smoke": (lambda root: recipe_datasets.glyphs(root, per_class=6, size=32), 32, 1)}
+
+
+def run_bench(work_dir, datasets, recipes, catalogue=recipe_datasets.DATASETS, log=print):
+    """Trains every recipe on every dataset of ``catalogue``; returns rows of results."""
     rows = []
     for name in datasets:
-        _, size, epochs = recipe_datasets.DATASETS[name]
-        data_dir = ensure_dataset(work_dir, name)
+        generate, size, epochs = catalogue[name]
+        data_dir = ensure_dataset(work_dir, name, generate)
         runs = work_dir / "runs" / name
         results = {}
         default_run = runs / "default"
@@ -139,12 +158,11 @@ def run_bench(work_dir, datasets, recipes, log=print):
                 if not (default_run / "splits.json").is_file():
                     results[recipe] = (None, None)  # its split comes from the default run
                     continue
-                results[recipe] = train_plain_keras(default_run, size, epochs)
+                results[recipe] = plain_keras_in_process(default_run, size, epochs)
             else:
                 overrides = MYCNN_OVERRIDES + (f"train.step_epochs={max(1, round(0.8 * epochs))}",) \
                     if recipe == "mycnn" else ()
-                metrics, seconds = train_with_script(data_dir, runs / recipe, size, epochs, overrides)
-                results[recipe] = (metrics["top1"], seconds)
+                results[recipe] = train_with_script(data_dir, runs / recipe, size, epochs, overrides)
             accuracy, seconds = results[recipe]
             log(f"{name:16s} {recipe:12s} top-1 {accuracy:.3f} in {seconds:.0f} s")
         splits = json.loads((default_run / "splits.json").read_text()) if default_run.exists() else {}
@@ -152,6 +170,7 @@ def run_bench(work_dir, datasets, recipes, log=print):
                      "train_images": len(splits.get("train", [])) + len(splits.get("val", [])),
                      "test_images": len(splits.get("test", [])), "size": size, "epochs": epochs,
                      "results": results})
+        (work_dir / "results.json").write_text(json.dumps(rows, indent=1))  # kept if a later dataset fails
     return rows
 
 
@@ -197,11 +216,18 @@ def main(argv=None):
     parser.add_argument("--datasets", default=",".join(recipe_datasets.DATASETS),
                         help="comma-separated: " + ", ".join(recipe_datasets.DATASETS))
     parser.add_argument("--recipes", default="default,plain_keras", help="comma-separated: " + ", ".join(RECIPES))
+    parser.add_argument("--smoke", action="store_true", help="wiring only: one tiny dataset, one epoch")
     parser.add_argument("--write-docs", action="store_true", help=f"rewrite the table in {DOCS_PAGE.relative_to(ROOT)}")
+    parser.add_argument("--plain-keras", nargs=3, metavar=("RUN_DIR", "SIZE", "EPOCHS"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    datasets = [name for name in args.datasets.split(",") if name]
+    if args.plain_keras:  # one plain Keras run, in its own process (see plain_keras_in_process)
+        run_dir, size, epochs = args.plain_keras
+        print(train_plain_keras(pathlib.Path(run_dir), int(size), int(epochs)))
+        return 0
+    catalogue = SMOKE_DATASETS if args.smoke else recipe_datasets.DATASETS
+    datasets = list(SMOKE_DATASETS) if args.smoke else [name for name in args.datasets.split(",") if name]
     recipes = [name for name in args.recipes.split(",") if name]
-    unknown = [name for name in datasets if name not in recipe_datasets.DATASETS] + \
+    unknown = [name for name in datasets if name not in catalogue] + \
               [name for name in recipes if name not in RECIPES]
     if unknown:
         parser.error(f"unknown dataset(s) or recipe(s): {', '.join(unknown)}")
@@ -209,11 +235,10 @@ def main(argv=None):
         recipes = [name for name in recipes if name != "plain_keras"] + ["plain_keras"]
         if "default" not in recipes:
             recipes.insert(0, "default")
-    work_dir = pathlib.Path(args.work_dir)
-    rows = run_bench(work_dir, datasets, recipes)
+    work_dir = pathlib.Path(args.work_dir).resolve()  # train.py runs from the repository's folder
+    rows = run_bench(work_dir, datasets, recipes, catalogue)
     text = machine_line() + "\n\n" + table(rows, recipes)
     print(text)
-    (work_dir / "results.json").write_text(json.dumps(rows, indent=1))
     if args.write_docs:
         write_docs(text)
     return 0

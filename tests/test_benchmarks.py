@@ -102,3 +102,41 @@ def test_serving_scripts_printed_table_becomes_rows():
     assert [row.name for row in rows] == ["serving_default (JPEG bytes 64x85)",
                                           "keras model (float arrays 32x32, pre-decoded)"]
     assert rows[0].value == 812.5 and "p50 3.10 ms, p95 4.20 ms" in rows[0].note
+
+
+@pytest.mark.parametrize("name", ["textures", "shapes_anywhere", "glyphs", "tiny_classes", "imbalanced",
+                                  "many_classes", "mixed_sizes"])
+def test_every_generated_recipe_dataset_is_a_tree_the_scan_accepts(name, tmp_path):
+    # The scikit-learn datasets need scikit-learn, which the project does not; the rest
+    # are generated small here (the bench's own sizes are in recipe_datasets.DATASETS).
+    import recipe_datasets
+
+    from keras_caltech.data.scan import scan_dataset
+
+    small = {"textures": {"per_class": 3}, "shapes_anywhere": {"per_class": 3}, "glyphs": {"per_class": 3},
+             "tiny_classes": {"per_class": 3}, "imbalanced": {}, "many_classes": {"per_class": 2},
+             "mixed_sizes": {"per_class": 3}}[name]
+    recipe_datasets.DATASETS[name][0](tmp_path / name, **small)
+    scan = scan_dataset(tmp_path / name)
+    assert len(scan.class_names) >= 8 and len(scan.files) >= 2 * len(scan.class_names)
+    # mixed_sizes holds one corrupt file, which the scan must leave out; no other tree has one.
+    assert [pathlib.Path(path).name for path, _ in scan.excluded] == (["broken.jpg"] if name == "mixed_sizes" else [])
+
+
+def test_the_recipe_bench_trains_both_recipes_on_the_same_split_and_prints_the_table(tmp_path, capsys):
+    bench = load_script("recipes")
+    assert bench.main(["--smoke", "--work-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    header, _, row = out.strip().splitlines()[-3:]
+    assert "default top-1" in header and "plain_keras top-1" in header and "default / plain" in header
+    cells = [cell.strip() for cell in row.strip("|").split("|")]
+    assert cells[0] == "glyphs_smoke" and cells[1] == "10" and cells[3:5] == ["32", "1"]
+    assert all(cell.endswith("%") for cell in cells[5:7])  # both recipes trained and were scored
+    # Plain Keras trains on the default run's training and validation images and is
+    # tested on its test images: the same test split, no test image in training.
+    runs = tmp_path / "runs" / "glyphs_smoke"
+    splits = json.loads((runs / "default" / "splits.json").read_text())
+    linked = {part: sorted(f"{path.parent.name}/{path.name}" for path in (runs / "default_plain" / part).glob("*/*"))
+              for part in ("train", "test")}
+    assert linked["test"] == sorted(path for path, _ in splits["test"])
+    assert linked["train"] == sorted(path for path, _ in splits["train"] + splits["val"])

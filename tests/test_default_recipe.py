@@ -9,6 +9,7 @@ import yaml
 
 import train
 from keras_caltech.config import config_to_dict, load_config
+from keras_caltech.errors import UserError
 from keras_caltech.models import create_model
 from keras_caltech.models.blocks import BATCH_NORM_MOMENTUM
 from keras_caltech.training import auto
@@ -45,7 +46,7 @@ def test_the_auto_image_size_stays_within_its_bounds(tmp_path, sides, expected):
     assert ("capped" in why) == (expected == auto.MAX_AUTO_IMAGE_SIZE)
 
 
-def test_files_without_a_readable_header_are_never_decoded_and_fall_back_to_the_model_size(tmp_path):
+def test_files_without_a_readable_header_are_left_out_and_the_model_size_is_used(tmp_path):
     (tmp_path / "a.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
     (tmp_path / "b.webp").write_bytes(b"RIFF\x00\x00\x00\x00WEBPVP8L")
     (tmp_path / "gone.png").write_bytes(b"")
@@ -64,15 +65,16 @@ def test_auto_epochs_aim_at_a_number_of_steps_within_bounds(num_images, batch_si
 
 
 def test_the_auto_cache_holds_images_in_memory_only_when_they_fit():
-    assert auto.auto_cache(1000, 64)[0] == "memory"  # 49 MB
-    mode, why = auto.auto_cache(30000, 224)  # 18 GB
+    assert auto.auto_cache(1000, 64)[0] == "memory"  # 47 MiB of float32 images
+    mode, why = auto.auto_cache(30000, 224)  # 16.8 GiB
     assert mode == "none" and "data.cache=disk" in why
 
 
 def test_progressive_resizing_needs_an_explicit_size_and_epochs():
     config = load_config(None, ["data.image_size=0", "train.progressive_sizes=[32,64]",
                                 "train.progressive_epochs=[1,1]", "train.epochs=2"])
-    with pytest.raises(Exception, match="progressive resizing .* needs an explicit data.image_size"):
+    with pytest.raises(UserError, match=r"progressive resizing .* needs an explicit data.image_size; "
+                                        r"0 means chosen from the data. Set --set data.image_size=N"):
         auto.check_auto(config)
 
 
@@ -93,12 +95,44 @@ def test_data_without_a_config_trains_the_default_recipe_with_settings_chosen_fr
         assert len(handle.read().splitlines()) == 1 + 2
 
 
-def test_a_dry_run_chooses_the_auto_settings_from_the_listed_files(tiny_dataset, capsys):
-    assert train.main(["--data", str(tiny_dataset), "--dry-run", *TINY]) == 0
-    out = capsys.readouterr().out
-    assert "image size 48 px, chosen from the data" in out and "conv5_block1_out" in out
-    # 48 images listed, 6 steps of 8 per epoch: capped at the maximum.
-    assert f"{auto.MAX_AUTO_EPOCHS} epochs, chosen from the data (48 training images, 6 steps" in out
+def test_a_dry_run_chooses_what_the_run_chooses_and_a_resumed_run_keeps_it(tiny_dataset, tmp_path, capsys,
+                                                                           monkeypatch):
+    # Few epochs for a test: the bounds are module settings, read when the choice is made.
+    monkeypatch.setattr(auto, "MIN_AUTO_EPOCHS", 1)
+    monkeypatch.setattr(auto, "MAX_AUTO_EPOCHS", 2)
+
+    def chosen(argv):
+        assert train.main(argv) == 0
+        out = capsys.readouterr().out
+        return out, [line for line in out.splitlines() if "chosen from the data" in line]
+
+    dry_out, dry_choices = chosen(["--data", str(tiny_dataset), "--dry-run", *TINY])
+    assert "conv5_block1_out" in dry_out  # the default recipe's model
+    run_dir = tmp_path / "run"
+    _, run_choices = chosen(["--data", str(tiny_dataset), "--output-dir", str(run_dir), *TINY])
+    # The tiny dataset's training split: 36 images, 5 steps of 8 per epoch; capped at 2 epochs.
+    assert run_choices == dry_choices
+    assert [line.split(" (")[0] for line in run_choices] == [
+        "image size 48 px, chosen from the data", "2 epochs, chosen from the data",
+        "data.cache memory, chosen from the data"]
+    assert "36 training images, 5 steps per epoch" in run_choices[1]
+    saved = (run_dir / "config.yaml").read_text()
+
+    # Resuming the finished run reuses the saved choices: nothing is chosen again.
+    monkeypatch.setattr(auto, "MAX_AUTO_EPOCHS", 5)
+    _, resumed_choices = chosen(["--resume", str(run_dir)])
+    assert resumed_choices == [] and (run_dir / "config.yaml").read_text() == saved
+    assert yaml.safe_load(saved)["train"]["epochs"] == 2
+
+
+@pytest.mark.parametrize("model_name, expected", [("vgg5", 224), ("improved_cnn", 64)])
+def test_the_auto_image_size_is_never_below_the_models_minimum(tmp_path, model_name, expected):
+    from keras_caltech.models import get_model_entry
+
+    entry = get_model_entry(model_name)
+    size, why = auto.auto_image_size(_images(tmp_path, [(48, 48)] * 3), entry.default_image_size,
+                                     entry.min_image_size)
+    assert size == expected == entry.min_image_size and "raised to the model's minimum" in why
 
 
 def test_the_quick_start_is_the_default_recipe_with_only_its_data_and_epochs_set():

@@ -33,7 +33,8 @@ DRIVER = os.path.join(REPO, "tests", "train_driver.py")
 # Two epochs, a learning rate that halves every epoch (so the schedule's position
 # matters), flips (keyed augmentation) and dropout (a seed generator in the model).
 RUN = ["--set", "data.image_size=32", "--set", "data.batch_size=8", "--set", "data.cache_dir=",
-       "--set", "train.tensorboard=false", "--set", "train.epochs=2", "--set", "train.step_epochs=1",
+       "--set", "train.tensorboard=false", "--set", "train.epochs=2", "--set", "train.schedule=step",
+       "--set", "train.step_epochs=1",
        "--set", "train.step_gamma=0.5", "--set", "export.enabled=false"]
 
 

@@ -22,7 +22,8 @@ def torch_default_initializer():
     """PyTorch's default Conv2d/Linear kernel initializer, ``kaiming_uniform_(a=sqrt(5))``.
 
     That is uniform in +-sqrt(1 / fan_in) (gain sqrt(2 / (1 + 5)) times sqrt(3 / fan_in)),
-    a third of the variance of He's; Keras' default, Glorot uniform, also counts fan_out.
+    a variance of 1 / (3 fan_in): a sixth of He's, a third of LeCun's. Keras' default,
+    Glorot uniform, also counts fan_out.
     """
     return keras.initializers.VarianceScaling(scale=1 / 3, mode="fan_in", distribution="uniform")
 

@@ -7,10 +7,12 @@ written into the run's config.yaml, so a resumed run keeps them.
 
 - Image size: the median shorter side of (a sample of) the training images, rounded
   down to a multiple of 16, between :data:`MIN_AUTO_IMAGE_SIZE` and
-  :data:`MAX_AUTO_IMAGE_SIZE`. Upsampling small images adds compute and no detail; the
-  cap keeps an epoch affordable on a CPU (set ``data.image_size`` above it on a GPU).
-- Cache (``data.cache: auto``): decoded images held in memory when the training and
-  validation splits fit in :data:`MEMORY_CACHE_BYTES` at the chosen size, else none.
+  :data:`MAX_AUTO_IMAGE_SIZE`, and never below the model's own minimum. Upsampling
+  small images adds compute and no detail; the cap keeps an epoch affordable on a CPU
+  (set ``data.image_size`` above it on a GPU).
+- Cache (``data.cache: auto``): decoded images held in memory when the splits that
+  are cached (validation, and training unless it is sampled class-balanced) fit in
+  :data:`MEMORY_CACHE_BYTES` at the size they are decoded to, else none.
 - Epochs: enough for about :data:`TARGET_STEPS` optimizer steps, between
   :data:`MIN_AUTO_EPOCHS` and :data:`MAX_AUTO_EPOCHS`: a small dataset gets more passes,
   a large one fewer, and the one-cycle schedule stretches over whatever is chosen.
@@ -39,16 +41,31 @@ MAX_AUTO_EPOCHS = 100
 
 
 def check_auto(config):
-    """Raises UserError for settings that need an explicit image size or epoch count."""
+    """Raises UserError for settings that need an explicit image size or epoch count.
+
+    Progressive resizing names its sizes and epochs stage by stage, so the run's total
+    cannot be left to the data.
+    """
     train = config.train
-    if (train.progressive_sizes or train.progressive_epochs) and AUTO in (config.data.image_size, train.epochs):
-        raise UserError("progressive resizing (train.progressive_sizes) needs an explicit data.image_size and "
-                        "train.epochs; they are 0 (chosen from the data). Set both, e.g. "
-                        "--set data.image_size=128 --set train.epochs=30")
+    if train.progressive_sizes or train.progressive_epochs:
+        auto = [name for name, value in (("data.image_size", config.data.image_size), ("train.epochs", train.epochs))
+                if value == AUTO]
+        if auto:
+            raise UserError(f"progressive resizing (train.progressive_sizes) needs an explicit "
+                            f"{' and '.join(auto)}; 0 means chosen from the data. Set "
+                            f"{' '.join('--set ' + name + '=N' for name in auto)}")
 
 
 def stand_in(config, default_image_size):
-    """``config`` with typical values in place of auto ones, to check settings before the data is read."""
+    """``config`` with typical values in place of auto ones, to check its settings before the data is read.
+
+    Args:
+        config: a Config.
+        default_image_size: the size to check an auto image size with (the model's published one).
+
+    Returns:
+        The Config with auto image size, epochs and cache replaced; never trained with.
+    """
     data = config.data
     if data.image_size == AUTO:
         data = dataclasses.replace(data, image_size=default_image_size)
@@ -61,10 +78,18 @@ def stand_in(config, default_image_size):
 
 
 def typical_image_side(paths, seed=0):
-    """The median shorter side in pixels of a sample of ``paths``, read from headers only; None if none is known.
+    """The median shorter side of a sample of images, read from their headers only.
 
-    Headers only: no image is decoded, so a file the scan has not checked cannot cost
-    memory. Formats whose header is not read (see ``scan.header_size``) are left out.
+    No image is decoded, so a file the scan has not checked cannot cost memory. Files
+    that cannot be read, and formats whose header is not read (``scan.header_size``),
+    are left out.
+
+    Args:
+        paths: image files.
+        seed: seed of the sample (:data:`SIZE_SAMPLE` files at most).
+
+    Returns:
+        The median in pixels (int), or None when no size could be read.
     """
     paths = list(paths)
     sample = random.Random(seed).sample(paths, min(SIZE_SAMPLE, len(paths)))
@@ -79,20 +104,36 @@ def typical_image_side(paths, seed=0):
     return int(np.median(sides)) if sides else None
 
 
-def auto_image_size(paths, default_image_size):
-    """Returns (image size, why) for ``data.image_size: 0``; see the module docstring."""
+def auto_image_size(paths, default_image_size, min_image_size=1):
+    """The image size for ``data.image_size: 0`` (see the module docstring).
+
+    Args:
+        paths: the training images.
+        default_image_size: the model's published size, used when no size can be read.
+        min_image_size: the model's smallest input.
+
+    Returns:
+        (size in pixels, the reason in words).
+    """
     side = typical_image_side(paths)
     if side is None:
-        size = min(default_image_size, MAX_AUTO_IMAGE_SIZE)
-        return size, "no image size could be read from the files' headers"
-    size = min(max(side // 16 * 16, MIN_AUTO_IMAGE_SIZE), MAX_AUTO_IMAGE_SIZE)
-    bound = (f", capped at {MAX_AUTO_IMAGE_SIZE} for a CPU: set data.image_size for more"
-             if size == MAX_AUTO_IMAGE_SIZE and side >= MAX_AUTO_IMAGE_SIZE + 16 else "")
-    return size, f"median image side {side} px{bound}"
+        size, why = min(default_image_size, MAX_AUTO_IMAGE_SIZE), "no image size could be read from the files' headers"
+    else:
+        size = min(max(side // 16 * 16, MIN_AUTO_IMAGE_SIZE), MAX_AUTO_IMAGE_SIZE)
+        bound = (f", capped at {MAX_AUTO_IMAGE_SIZE} for a CPU: set data.image_size for more"
+                 if size == MAX_AUTO_IMAGE_SIZE and side >= MAX_AUTO_IMAGE_SIZE + 16 else "")
+        why = f"median image side {side} px{bound}"
+    if size < min_image_size:
+        size, why = min_image_size, why + f"; raised to the model's minimum, {min_image_size} px"
+    return size, why
 
 
 def auto_epochs(num_train_images, batch_size):
-    """Returns (epochs, why) for ``train.epochs: 0``; see the module docstring."""
+    """The epoch count for ``train.epochs: 0`` (see the module docstring).
+
+    Returns:
+        (epochs, the reason in words).
+    """
     steps_per_epoch = max(1, math.ceil(num_train_images / batch_size))
     epochs = min(max(math.ceil(TARGET_STEPS / steps_per_epoch), MIN_AUTO_EPOCHS), MAX_AUTO_EPOCHS)
     return epochs, (f"{num_train_images:,} training images, {steps_per_epoch} steps per epoch: "
@@ -100,7 +141,15 @@ def auto_epochs(num_train_images, batch_size):
 
 
 def auto_cache(num_images, image_size):
-    """Returns (cache mode, why) for ``data.cache: auto``: memory when ``num_images`` fit."""
+    """The cache mode for ``data.cache: auto``: memory when the decoded images fit.
+
+    Args:
+        num_images: images the cache would hold.
+        image_size: the side they are decoded to.
+
+    Returns:
+        ("memory" or "none", the reason in words).
+    """
     needed = num_images * image_size * image_size * 3 * 4  # float32 RGB
     if needed <= MEMORY_CACHE_BYTES:
         return "memory", f"{needed / 1024**2:,.0f} MB of decoded images"
@@ -108,14 +157,15 @@ def auto_cache(num_images, image_size):
                     f"{MEMORY_CACHE_BYTES / 1024**3:.0f} GB; data.cache=disk keeps them on disk")
 
 
-def resolve_auto(config, train_paths, default_image_size, num_cached_images=0, log=print):
-    """Returns ``config`` with its auto image size and epochs chosen from the training images.
+def resolve_auto(config, train_paths, num_val_images, entry, log=print):
+    """Returns ``config`` with its auto image size, epochs and cache chosen from the data.
 
     Args:
-        config: a Config whose data.image_size or train.epochs may be :data:`AUTO`.
-        train_paths: paths of the training images.
-        num_cached_images: images a cache would hold (training and validation splits).
-        default_image_size: the model's published size, used when no size can be read.
+        config: a Config whose data.image_size or train.epochs may be :data:`AUTO`, and
+            data.cache :data:`AUTO_CACHE`.
+        train_paths: paths of the training split's images.
+        num_val_images: images in the validation split.
+        entry: the model's registry entry (its published and smallest input sizes).
         log: where the choices and their reasons go.
 
     Returns:
@@ -124,7 +174,7 @@ def resolve_auto(config, train_paths, default_image_size, num_cached_images=0, l
     check_auto(config)
     data, train = config.data, config.train
     if data.image_size == AUTO:
-        size, why = auto_image_size(train_paths, default_image_size)
+        size, why = auto_image_size(train_paths, entry.default_image_size, entry.min_image_size)
         log(f"image size {size} px, chosen from the data ({why})")
         data = dataclasses.replace(data, image_size=size)
     if train.epochs == AUTO:
@@ -132,13 +182,20 @@ def resolve_auto(config, train_paths, default_image_size, num_cached_images=0, l
         log(f"{epochs} epochs, chosen from the data ({why})")
         train = dataclasses.replace(train, epochs=epochs)
     if data.cache == AUTO_CACHE:
-        cache, why = auto_cache(num_cached_images, data.image_size)
+        # The training split is cached at its decoding size, larger when a crop follows
+        # (augment.load_size), and not at all when it is sampled class-balanced.
+        cached = num_val_images + (0 if data.balanced_sampling else len(train_paths))
+        cache, why = auto_cache(cached, max(config.augment.resize_crop, data.image_size))
         log(f"data.cache {cache}, chosen from the data ({why})")
         data = dataclasses.replace(data, cache=cache)
     return dataclasses.replace(config, data=data, train=train)
 
 
-def listed_images(root, class_names, extensions):
-    """The image files of the class folders under ``root``, by extension alone (no decoding)."""
-    return [path for name in class_names for path in sorted((pathlib.Path(root) / name).iterdir())
-            if path.suffix.lower() in extensions and path.is_file()]
+def listed_files(root, class_names, extensions):
+    """The (relative path, label) of each image in the class folders, by extension alone (no decoding).
+
+    The same shape as ``scan_dataset``'s files, for a dry run, which never decodes.
+    """
+    root = pathlib.Path(root)
+    return [(f"{name}/{path.name}", label) for label, name in enumerate(class_names)
+            for path in sorted((root / name).iterdir()) if path.suffix.lower() in extensions and path.is_file()]

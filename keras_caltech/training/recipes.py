@@ -71,17 +71,22 @@ def check_recipe(config):
 
 
 def describe_recipe(config):
-    """One line naming what a run trains and how: model, optimizer, schedule, regularization, augmentation."""
+    """What a run trains and how, for the first line it prints.
+
+    Returns:
+        One line: the config's name, model (and dropout, when set), optimizer, schedule,
+        weight decay, label smoothing and the augmentations that are on.
+    """
     train, augment = config.train, config.augment
-    dropout = "" if config.model.dropout is None else f", dropout {config.model.dropout:g}"
+    dropout = ("" if config.model.dropout is None else f", dropout {config.model.dropout:g}")
     schedule = {"onecycle": f"one-cycle (peak {train.learning_rate:g}, {train.pct_start:g} rising)",
                 "cosine": f"cosine (peak {train.learning_rate:g}, {train.warmup_epochs:g} warm-up epochs)",
                 "step": f"step (x{train.step_gamma:g} every {train.step_epochs} epochs from {train.learning_rate:g})",
                 }.get(train.schedule, f"{train.schedule} {train.learning_rate:g}")
     augmentations = [name for name in ("horizontal_flip", "random_resized_crop") if getattr(augment, name)]
     augmentations += [f"{name} {getattr(augment, name):g}" for name in
-                      ("rotation", "translation", "zoom", "shear", "color_jitter", "random_erasing",
-                       "mixup_alpha", "cutmix_alpha") if getattr(augment, name)]
+                      ("resize_crop", "rotation", "translation", "zoom", "shear", "color_jitter",
+                       "rand_augment_ops", "random_erasing", "mixup_alpha", "cutmix_alpha") if getattr(augment, name)]
     return (f"recipe {config.name}: {config.model.name}{dropout}; {train.optimizer}, {schedule}, "
             f"weight decay {train.weight_decay:g}, label smoothing {train.label_smoothing:g}; "
             f"augment: {', '.join(augmentations) or 'none'}")

@@ -105,9 +105,13 @@ def dry_run(config, log=print):
     recipes.check_recipe(auto.stand_in(config, entry.default_image_size))
     root = dataset_root(config.data)
     class_names, _ = discover_classes(root, config.data.include_classes, config.data.exclude_classes)
-    # Settings left to the data, from the files as listed (a dry run decodes nothing).
-    images = auto.listed_images(root, class_names, IMAGE_EXTENSIONS)
-    config = auto.resolve_auto(config, images, entry.default_image_size, len(images), log=log)
+    # Settings left to the data, chosen as a run chooses them, from the split of the
+    # files as listed (a dry run decodes nothing, so files a scan would refuse count).
+    files = auto.listed_files(root, class_names, IMAGE_EXTENSIONS)
+    try:
+        config, _ = _choose_from_split(config, root, files, class_names, log)
+    except UserError:  # too few images to split (a model checked on empty class folders): all of them
+        config = auto.resolve_auto(config, [root / path for path, _ in files], 0, entry, log=log)
     plan = phases.plan_phases(config)
     build_augmenter(config.augment, config.data.image_size)
     make_optimizer(config.train, DRY_RUN_STEPS_PER_EPOCH)
@@ -125,6 +129,16 @@ def dry_run(config, log=print):
     return model
 
 
+def _choose_from_split(config, root, files, class_names, log):
+    """Splits ``files`` and chooses the config's auto settings from the split; returns (config, splits)."""
+    data = config.data
+    splits = stratified_split(files, class_names, test_fraction=data.test_fraction, val_fraction=data.val_fraction,
+                              train_per_class=data.train_per_class, seed=data.split_seed)
+    config = auto.resolve_auto(config, [pathlib.Path(root) / path for path, _ in splits["train"]],
+                               len(splits["val"]), get_model_entry(config.model.name), log=log)
+    return config, splits
+
+
 def _new_run(config, run_dir, log):
     """Scans the data, splits it and writes a new, locked run folder's data files.
 
@@ -139,12 +153,7 @@ def _new_run(config, run_dir, log):
     scan = scan_dataset(root, include=config.data.include_classes, exclude=config.data.exclude_classes,
                         cache_dir=config.data.cache_dir, workers=config.data.scan_workers)
     class_names = scan.class_names
-    splits = stratified_split(scan.files, class_names, test_fraction=config.data.test_fraction,
-                              val_fraction=config.data.val_fraction,
-                              train_per_class=config.data.train_per_class, seed=config.data.split_seed)
-    config = auto.resolve_auto(config, [pathlib.Path(scan.root) / path for path, _ in splits["train"]],
-                               get_model_entry(config.model.name).default_image_size,
-                               len(splits["train"]) + len(splits["val"]), log=log)
+    config, splits = _choose_from_split(config, scan.root, scan.files, class_names, log)
 
     run_dir = create_run_folder(run_dir)
     lock_run_folder(run_dir)
