@@ -203,11 +203,11 @@ def sklearn_photos(root, seed=6, per_class=60):
 DATASETS = {
     "textures": (textures, 64, 25),
     "shapes_anywhere": (shapes_anywhere, 64, 30),
-    "glyphs": (glyphs, 48, 15),
-    "tiny_classes": (tiny_classes, 48, 40),
-    "imbalanced": (imbalanced, 48, 20),
-    "many_classes": (many_classes, 32, 30),
-    "mixed_sizes": (mixed_sizes, 64, 25),
-    "sklearn_digits": (sklearn_digits, 32, 10),
-    "sklearn_photos": (sklearn_photos, 64, 15),
+    "glyphs": (glyphs, 48, 40),
+    "tiny_classes": (tiny_classes, 48, 60),
+    "imbalanced": (imbalanced, 48, 40),
+    "many_classes": (many_classes, 32, 40),
+    "mixed_sizes": (mixed_sizes, 64, 40),
+    "sklearn_digits": (sklearn_digits, 32, 20),
+    "sklearn_photos": (sklearn_photos, 64, 25),
 }

@@ -1,7 +1,7 @@
 """Training recipes compared on a bench of varied datasets: accuracy and time per dataset.
 
     pip install scikit-learn                       # the bench's real images (digits, two photographs)
-    python benchmarks/recipes.py                   # every dataset, default recipe vs plain Keras (~40 min on 2 cores)
+    python benchmarks/recipes.py                   # every dataset, default recipe vs plain Keras (~25 min on 2 cores)
     python benchmarks/recipes.py --datasets glyphs,textures --recipes default,plain_keras,mycnn
     python benchmarks/recipes.py --write-docs      # also rewrite the table in docs/recipes.md
     python benchmarks/recipes.py --smoke           # wiring only: 6 glyphs per class, 32 px, 1 epoch

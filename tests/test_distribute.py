@@ -39,7 +39,7 @@ DRIVER = os.path.join(REPO, "tests", "train_driver.py")
 RUN = ["--set", "data.image_size=32", "--set", "data.batch_size=8", "--set", "data.cache_dir=",
        "--set", "train.tensorboard=false", "--set", "train.epochs=1", "--set", "model.dropout=0",
        "--set", "train.optimizer=sgd", "--set", "train.learning_rate=0.01", "--set", "train.schedule=constant",
-       "--set", "export.enabled=false", "--set", "train.weight_decay=0.05"]
+       "--set", "export.enabled=false", "--set", "train.weight_decay=0.05", "--set", "model.name=mycnn"]
 
 
 def _free_port():

@@ -23,8 +23,9 @@ from keras_caltech.models.loading import load_model_safely
 from keras_caltech.models.transfer import backbone_blocks
 from keras_caltech.training import phases
 
-TINY = ["--set", "data.image_size=32", "--set", "data.batch_size=8", "--set", "train.epochs=1",
-        "--set", "data.cache_dir=", "--set", "train.tensorboard=false", "--set", "export.enabled=false"]
+TINY = ["--set", "model.name=mycnn", "--set", "data.image_size=32", "--set", "data.batch_size=8",
+        "--set", "train.epochs=1", "--set", "data.cache_dir=", "--set", "train.tensorboard=false",
+        "--set", "export.enabled=false"]
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 

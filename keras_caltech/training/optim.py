@@ -47,7 +47,11 @@ def make_schedule(train, steps_per_epoch, *, epochs=None, learning_rate=None):
     if train.schedule == "step":
         return StepDecay(rate, steps_per_epoch, train.step_epochs, train.step_gamma)
     if train.schedule == "onecycle":
-        return OneCycle(rate, total_steps, pct_start=train.pct_start)
+        # A run of a few steps (a short --set train.epochs on a small dataset) still rises
+        # and falls: OneCycle needs its peak after the first step and before the last.
+        if total_steps < 2:
+            return rate
+        return OneCycle(rate, total_steps, pct_start=max(train.pct_start, min(1.5 / total_steps, 0.75)))
     if train.schedule == "cosine":
         warmup_steps = round(train.warmup_epochs * steps_per_epoch)
         if not 0 <= warmup_steps < total_steps:
