@@ -196,9 +196,21 @@ def table(rows, recipes):
     return "\n".join(lines)
 
 
+def _cpu_name():
+    """The CPU's model name from /proc/cpuinfo (Linux), else what platform knows."""
+    try:
+        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def machine_line():
+    """The table's header line: date, machine and the command that printed it."""
     cpus = os.cpu_count()
-    return (f"Measured {datetime.date.today().isoformat()} on {platform.processor() or platform.machine()}, "
+    return (f"Measured {datetime.date.today().isoformat()} on {_cpu_name()}, "
             f"{cpus} CPU core(s), Python {platform.python_version()}, by `python benchmarks/recipes.py`.")
 
 
