@@ -1,4 +1,4 @@
-"""Explanations of classifier decisions (issue 5).
+"""Explanations of classifier decisions.
 
 Every explainer takes the model as trained (float32 RGB 0-255 images in, logits out,
 nested backbones and Sequential models included) and never changes it::

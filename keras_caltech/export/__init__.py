@@ -1,4 +1,4 @@
-"""Export for TF Serving (issue 6): a SavedModel that takes image bytes, answers with
+"""Export for TF Serving: a SavedModel that takes image bytes, answers with
 class names, and can explain itself.
 
 Modules: ``saved_model`` (the three signatures, writing ``BASE_DIR/NAME/VERSION/``),

@@ -65,7 +65,11 @@ def stand_in(config, default_image_size):
 
     Returns:
         The Config with auto image size, epochs and cache replaced; never trained with.
+
+    Raises:
+        UserError: settings that cannot be left to the data (:func:`check_auto`).
     """
+    check_auto(config)
     data = config.data
     if data.image_size == AUTO:
         data = dataclasses.replace(data, image_size=default_image_size)
@@ -170,8 +174,8 @@ def resolve_auto(config, train_paths, num_val_images, entry, log=print):
 
     Returns:
         The Config with image size, epochs and cache set (unchanged when none was auto).
+        Its settings were checked by :func:`stand_in` before the data was read.
     """
-    check_auto(config)
     data, train = config.data, config.train
     if data.image_size == AUTO:
         size, why = auto_image_size(train_paths, entry.default_image_size, entry.min_image_size)

@@ -101,7 +101,6 @@ def dry_run(config, log=print):
     checked as training would check them.
     """
     entry = get_model_entry(config.model.name)
-    auto.check_auto(config)
     recipes.check_recipe(auto.stand_in(config, entry.default_image_size))
     root = dataset_root(config.data)
     class_names, _ = discover_classes(root, config.data.include_classes, config.data.exclude_classes)
@@ -194,7 +193,6 @@ def train(config, output_dir=None, *, resume=False, moved_data=None, verbose=Non
         UserError: bad data, config or model choice, a run folder in use, or a loss that became NaN.
     """
     entry = get_model_entry(config.model.name)  # fail on a bad name before any heavy work
-    auto.check_auto(config)
     checked = auto.stand_in(config, entry.default_image_size)  # auto settings are chosen after the scan
     phases.plan_phases(checked)  # ... and on phase settings that contradict each other
     recipes.check_recipe(checked)
