@@ -23,7 +23,7 @@ from keras_caltech.errors import UserError
 
 import_tensorflow_quietly()
 from keras_caltech.explain import gallery, metrics, report, runs  # noqa: E402
-from keras_caltech.training.run_folder import make_output_folder  # noqa: E402
+from keras_caltech.runs import make_output_folder  # noqa: E402
 
 
 def grid_shape(text):

@@ -21,7 +21,6 @@ import tempfile
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # run from anywhere
 
 from keras_caltech.data.pipeline import materialize_split  # noqa: E402
 from keras_caltech.data.synthetic import class_folder_names, generate_dataset  # noqa: E402

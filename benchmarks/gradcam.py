@@ -18,13 +18,11 @@ timing is the best of ``--repeats`` passes over the batch, after one untimed war
 
 import argparse
 import os
-import pathlib
 import platform
 import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # run from anywhere
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402

@@ -8,7 +8,7 @@ decode, resize, shuffle, batch, augment, prefetch, one full epoch per repetition
 decoded-image cache (``data.cache=memory``) is timed after the epoch that fills it.
 
 The pipeline is timed alone, on all cores. In training it shares those cores with the
-step, which is why the issue asks for a 3x margin over the step's consumption rate.
+step, which is why the goal is a 3x margin over the step's consumption rate.
 """
 
 import pathlib

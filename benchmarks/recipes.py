@@ -26,11 +26,9 @@ benchmark, not a test: nothing asserts on the numbers.
 """
 
 import argparse
-import datetime
 import json
 import os
 import pathlib
-import platform
 import shutil
 import subprocess
 import sys
@@ -39,9 +37,8 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 HERE = pathlib.Path(__file__).resolve().parent
 ROOT = HERE.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(HERE))
 
+import docs_page  # noqa: E402
 import recipe_datasets  # noqa: E402
 
 RECIPES = ("default", "mycnn", "plain_keras")
@@ -50,7 +47,6 @@ MYCNN_OVERRIDES = ("model.name=mycnn", "model.dropout=0.2", "train.optimizer=ada
                    "train.weight_decay=0", "train.schedule=step", "train.label_smoothing=0",
                    "augment.zoom=0", "augment.translation=0")
 DOCS_PAGE = ROOT / "docs" / "recipes.md"
-TABLE_START, TABLE_END = "<!-- recipes table: start -->", "<!-- recipes table: end -->"
 
 
 def ensure_dataset(work_dir, name, generate):
@@ -196,31 +192,6 @@ def table(rows, recipes):
     return "\n".join(lines)
 
 
-def _cpu_name():
-    """The CPU's model name from /proc/cpuinfo (Linux), else what platform knows."""
-    try:
-        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def machine_line():
-    """The table's header line: date, machine and the command that printed it."""
-    cpus = os.cpu_count()
-    return (f"Measured {datetime.date.today().isoformat()} on {_cpu_name()}, "
-            f"{cpus} CPU core(s), Python {platform.python_version()}, by `python benchmarks/recipes.py`.")
-
-
-def write_docs(text):
-    """Replaces the table between the markers of docs/recipes.md."""
-    page = DOCS_PAGE.read_text()
-    start, end = page.index(TABLE_START) + len(TABLE_START), page.index(TABLE_END)
-    DOCS_PAGE.write_text(page[:start] + "\n" + text + "\n" + page[end:])
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work-dir", default=os.path.join(os.path.expanduser("~"), ".cache", "keras_caltech_bench"),
@@ -249,10 +220,10 @@ def main(argv=None):
             recipes.insert(0, "default")
     work_dir = pathlib.Path(args.work_dir).resolve()  # train.py runs from the repository's folder
     rows = run_bench(work_dir, datasets, recipes, catalogue)
-    text = machine_line() + "\n\n" + table(rows, recipes)
+    text = docs_page.machine_line("python benchmarks/recipes.py") + "\n\n" + table(rows, recipes)
     print(text)
     if args.write_docs:
-        write_docs(text)
+        docs_page.write_table(DOCS_PAGE, "recipes", text)
     return 0
 
 

@@ -4,12 +4,13 @@
     python benchmarks/run.py                     # the full table (about 20 minutes on 2 cores)
     python benchmarks/run.py --sections training,flops --models resnet18 --sizes 224
     python benchmarks/run.py --smoke             # wiring only: 32 px, batch 2, 1 repetition (~30 s)
+    python benchmarks/run.py --write-docs        # also rewrite the table in docs/performance.md
 
 Prints machine facts and a Markdown table, and writes benchmarks/results.json. Every
 comparison is measured in this run, after warm-up, as the median of several
 repetitions, with the contenders taking turns (benchmarks/timing.py). Rows whose
 dependency is missing (torch, xplique, bf16 units, benchmarks/serving.py) are printed
-as skipped with the reason. The "goal" column holds the issue's target ratio and
+as skipped with the reason. The "goal" column holds the target ratio and
 whether this run met it. A benchmark, not a test: nothing asserts on the numbers.
 
 Each section is a module of this folder with ``run(options, context) -> list[Row]``;
@@ -36,13 +37,14 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # oneDNN uses its own thread pool and ignores this variable. Set it to ACTIVE to compare.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 HERE = pathlib.Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))  # keras_caltech, from anywhere
-sys.path.insert(0, str(HERE))  # the section modules
+
+import docs_page  # noqa: E402
 
 # Section name -> module in this folder. "serving" belongs to the export work and may be absent.
 SECTIONS = {"training": "train_step", "flops": "flops", "pipeline": "input_pipeline",
             "gradcam": "gradcam_speed", "serving": "serving"}
 DEFAULT_OUTPUT = HERE / "results.json"
+DOCS_PAGE = HERE.parent / "docs" / "performance.md"
 
 
 def parse_args(argv):
@@ -57,6 +59,7 @@ def parse_args(argv):
     parser.add_argument("--steps", type=int, default=3, help="timed training steps per repetition (default 3)")
     parser.add_argument("--repeats", type=int, default=3, help="repetitions of every timing (default 3)")
     parser.add_argument("--output", default=str(DEFAULT_OUTPUT), help="results JSON (default benchmarks/results.json)")
+    parser.add_argument("--write-docs", action="store_true", help="rewrite the table in docs/performance.md")
     args = parser.parse_args(argv)
     unknown = sorted(set(args.sections.split(",")) - set(SECTIONS))
     if unknown:
@@ -190,13 +193,17 @@ def main(argv=None):
     facts = machine_facts()
     rows, context, failed = run_sections(options)
     facts["load_average_at_end"] = os.getloadavg()
-    print(f"Machine: {facts['cpu']}, {facts['cores']} cores, load average {facts['load_average_at_start'][0]:.1f} "
-          f"at start and {facts['load_average_at_end'][0]:.1f} at end; {facts['date']}")
-    print("Software: " + ", ".join(f"{name} {facts[name]}" for name in
-                                   ("python", "tensorflow", "keras", "torch", "xplique") if name in facts))
-    print(f"Settings: {'smoke (wiring only) ' if args.smoke else ''}batch {options.batch_size}, "
-          f"{options.steps} timed steps x {options.repeats} repetitions per training row, medians\n")
-    print(markdown_table(rows))
+    text = "\n".join([
+        docs_page.machine_line("python benchmarks/run.py"),
+        f"Load average {facts['load_average_at_start'][0]:.1f} at the start, "
+        f"{facts['load_average_at_end'][0]:.1f} at the end. Software: "
+        + ", ".join(f"{name} {facts[name]}" for name in ("tensorflow", "keras", "torch", "xplique") if name in facts)
+        + f". Settings: {'smoke (wiring only) ' if args.smoke else ''}batch {options.batch_size}, "
+        f"{options.steps} timed steps x {options.repeats} repetitions per training row, medians.",
+        "", markdown_table(rows)])
+    print(text)
+    if args.write_docs:
+        docs_page.write_table(DOCS_PAGE, "performance", text)
     if context.get("serving_output"):
         print("\nbenchmarks/serving.py printed:\n" + context["serving_output"])
     results = {"machine": facts, "smoke": args.smoke, "options": vars(options),

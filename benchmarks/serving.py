@@ -19,13 +19,11 @@ the machine and its load, and nothing asserts on them.
 
 import argparse
 import os
-import pathlib
 import sys
 import tempfile
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))  # run from anywhere
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
@@ -56,7 +54,7 @@ def load_or_build_model(args):
     """
     if args.run:
         from keras_caltech.models.loading import load_model_safely
-        from keras_caltech.training.run_folder import open_run
+        from keras_caltech.runs import open_run
         run = open_run(args.run)
         return load_model_safely(run.model_path), run.class_names, run.config.augment.resize_crop
     from keras_caltech.models import create_model

@@ -22,7 +22,7 @@ class Row:
         unit: e.g. "img/s", "GFLOP/s", "heatmaps/s".
         reference: what it is compared with, e.g. "PyTorch 2.13 eager, channels-last".
         reference_value: the reference's measurement in the same unit (None: no comparison).
-        goal: the minimum ratio value / reference_value the issue asks for (None: no goal).
+        goal: the minimum ratio value / reference_value aimed at (None: no goal).
         note: anything a reader needs: why a row is skipped, what a ratio means.
     """
 

@@ -15,7 +15,7 @@ from keras_caltech.export.saved_model import export_model
 from keras_caltech.models.loading import load_model_safely
 from keras_caltech.training import trainer
 from keras_caltech.training.lock import holds_run_folder
-from keras_caltech.training.run_folder import BEST_MODEL, read_json, write_json
+from keras_caltech.runs import BEST_MODEL, read_json, write_json
 
 # Records the SavedModel a run exported, so that resuming a finished run (which
 # re-evaluates it) does not add an identical version for TF Serving to load.

@@ -15,7 +15,6 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 BENCHMARKS = ROOT / "benchmarks"
-sys.path.insert(0, str(BENCHMARKS))
 
 
 def load_script(name):
@@ -51,7 +50,7 @@ def test_the_smoke_run_prints_a_table_with_every_section_and_writes_the_results(
                             capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "| Section | Measurement | Ours | Compared with | Ratio | Goal | Notes |" in result.stdout
-    assert "Machine: " in result.stdout
+    assert "by `python benchmarks/run.py`" in result.stdout.splitlines()[0]  # the machine and date line
     results = json.loads(output.read_text())
     assert results["smoke"] is True
     rows = results["rows"]
@@ -140,3 +139,20 @@ def test_the_recipe_bench_trains_both_recipes_on_the_same_split_and_prints_the_t
               for part in ("train", "test")}
     assert linked["test"] == sorted(path for path, _ in splits["test"])
     assert linked["train"] == sorted(path for path, _ in splits["train"] + splits["val"])
+
+
+def test_a_docs_table_is_replaced_between_its_markers_and_the_prose_kept(tmp_path):
+    docs_page = load_script("docs_page")
+    page = tmp_path / "page.md"
+    page.write_text("# Title\n\nprose\n<!-- speed table: start -->\nold table\n<!-- speed table: end -->\nmore prose\n")
+    docs_page.write_table(page, "speed", "Measured today.\n\n| a |\n|---|")
+    assert page.read_text() == ("# Title\n\nprose\n<!-- speed table: start -->\nMeasured today.\n\n| a |\n|---|\n"
+                                "<!-- speed table: end -->\nmore prose\n")
+    with pytest.raises(ValueError, match="no <!-- other table: start -->"):
+        docs_page.write_table(page, "other", "x")
+
+
+def test_the_docs_pages_hold_the_markers_their_benchmarks_write_between():
+    for page, name in (("performance.md", "performance"), ("recipes.md", "recipes")):
+        text = (ROOT / "docs" / page).read_text()
+        assert f"<!-- {name} table: start -->" in text and f"<!-- {name} table: end -->" in text, page

@@ -102,7 +102,7 @@ def test_runs_with_different_test_splits_are_refused(tiny_runs, tmp_path, capsys
 
 @pytest.mark.parametrize("case, message", [
     ("missing", "error: run folder not found"),
-    ("no_best_model", "holds no best.keras"),
+    ("no_best_model", "has no best.keras"),
     ("bad_tta", "error: unknown TTA mode '12crop'. Valid modes: none, flip, 10crop"),
     ("bad_option", "error: unrecognized arguments: --crops"),
 ])

@@ -230,7 +230,7 @@ def bad_images(tmp_path):
 
 @pytest.mark.parametrize("arguments, message", [
     (["--run", "{tmp}/none", "--sample", "2x2"], "error: run folder not found: {tmp}/none"),
-    (["--run", "{tmp}/folder", "--sample", "2x2"], "error: run folder {tmp}/folder has no best.keras"),
+    (["--run", "{tmp}/folder", "--sample", "2x2"], "error: {tmp}/folder is not a run folder (no config.yaml)"),
     (["--run", "{run}", "--model", "{run}/best.keras", "--image", "{tmp}/x.jpg"],
      "error: give exactly one model: --run runs/NAME (a train.py run folder) or --model FILE.keras. "
      "Received both"),

@@ -135,14 +135,13 @@ def test_download_refuses_a_destination_that_is_a_file(tmp_path):
 # Run as user nobody when we are root: every case prints the error it got.
 _AS_NOBODY = r'''
 import contextlib, io, json, sys
-sys.path.insert(0, REPO)
 import train
 from keras_caltech.config import load_config
 from keras_caltech.data.download import download_dataset
 from keras_caltech.data.scan import check_image, discover_classes
 from keras_caltech.errors import UserError
 from keras_caltech.models.loading import load_model_safely
-from keras_caltech.training.run_folder import create_run_folder
+from keras_caltech.runs import create_run_folder
 
 results = {}
 def record(name, call):

@@ -312,7 +312,7 @@ def test_a_damaged_training_state_is_refused_not_trusted(reference, tmp_path, ca
 
 
 def test_run_folder_files_written_atomically_get_the_usual_permissions_not_private_ones(tmp_path):
-    from keras_caltech.training.run_folder import write_json
+    from keras_caltech.runs import write_json
 
     umask = os.umask(0)
     os.umask(umask)

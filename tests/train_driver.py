@@ -21,8 +21,6 @@ import signal
 import sys
 import time
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
-
 import numpy as np  # noqa: E402
 
 import train  # noqa: E402

@@ -46,7 +46,7 @@ def _evaluate(argv):
     _check_batch_size(args.batch_size)
     from keras_caltech.evaluation.evaluate import evaluate_run
     from keras_caltech.evaluation.tta import check_tta_mode
-    from keras_caltech.training.run_folder import open_run
+    from keras_caltech.runs import open_run
 
     if args.tta is not None:
         check_tta_mode(args.tta)  # before anything is loaded

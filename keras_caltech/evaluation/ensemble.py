@@ -18,11 +18,11 @@ import numpy as np
 
 from keras_caltech.errors import UserError
 from keras_caltech.evaluation import report
-from keras_caltech.evaluation.evaluate import Predictions, materialize_test_split, open_evaluable_run, predict_run
+from keras_caltech.evaluation.evaluate import Predictions, materialize_test_split, predict_run
 from keras_caltech.evaluation.metrics import classification_metrics
 from keras_caltech.evaluation.tta import check_tta_mode
 from keras_caltech.models.loading import load_model_safely
-from keras_caltech.training.run_folder import create_run_folder, write_json
+from keras_caltech.runs import create_run_folder, open_run, write_json
 
 
 def default_output_dir():
@@ -44,7 +44,7 @@ def open_members(run_dirs, data=None):
     resolved = [pathlib.Path(run_dir).resolve() for run_dir in run_dirs]
     if len(set(resolved)) != len(resolved):
         raise UserError("the same run folder is listed twice; an ensemble member counts once")
-    runs = [open_evaluable_run(run_dir) for run_dir in run_dirs]  # --data applies after the checks
+    runs = [open_run(run_dir, need_model=True) for run_dir in run_dirs]  # --data applies after the checks
     first = runs[0]
     for run in runs[1:]:
         if run.class_names != first.class_names:

@@ -18,7 +18,7 @@ from keras_caltech.evaluation import report
 from keras_caltech.evaluation.metrics import classification_metrics
 from keras_caltech.evaluation.tta import check_tta_mode, model_image_size, predict_with_tta
 from keras_caltech.models.loading import load_model_safely
-from keras_caltech.training.run_folder import BEST_MODEL, open_run, read_json, write_json
+from keras_caltech.runs import open_run, read_json, write_json
 
 
 def predict_logits(model, dataset):
@@ -53,21 +53,6 @@ class Predictions:
     logits: np.ndarray
     labels: np.ndarray
     files: list
-
-
-def open_evaluable_run(run_dir, data=None):
-    """Opens a run folder that holds a best model; errors say what is missing.
-
-    ``data``: the dataset folder if it moved (see :func:`open_run`).
-
-    Raises:
-        UserError: not a run folder, or no ``best.keras`` in it.
-    """
-    run = open_run(run_dir, data)
-    if not run.model_path.is_file():
-        raise UserError(f"{run.path} holds no {BEST_MODEL}: its training saved no checkpoint "
-                        "(stopped before the first epoch ended?). Evaluate a run folder that has one")
-    return run
 
 
 def materialize_test_split(run, view_dir):
@@ -129,7 +114,7 @@ def evaluate_run(run_dir, tta=None, *, batch_size=None, extra=None, data=None, l
     Raises:
         UserError: bad mode, not an evaluable run folder, or test images missing.
     """
-    run = open_evaluable_run(run_dir, data)
+    run = open_run(run_dir, data, need_model=True)
     mode = check_tta_mode(run.config.eval.tta if tta is None else tta)
     model = load_model_safely(run.model_path)
     results, predictions = {}, None

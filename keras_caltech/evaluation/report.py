@@ -20,7 +20,7 @@ import yaml
 from keras_caltech import plotting
 from keras_caltech.config import config_to_dict
 from keras_caltech.evaluation.tta import TTA_MODES, TTA_VIEWS
-from keras_caltech.training.run_folder import write_atomically
+from keras_caltech.runs import write_atomically
 
 REPORT = "report.html"
 CONFUSION_MATRIX = "confusion_matrix.png"

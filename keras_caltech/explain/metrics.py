@@ -38,7 +38,7 @@ from keras_caltech.explain.sanity import cascading_randomization
 from keras_caltech.explain.scoring import (centre_point_baseline, deletion_curve, energy_in_box,
                                            faithfulness, grid_pointing_game, insertion_curve,
                                            make_mosaic, pointing_game, random_heatmap)
-from keras_caltech.training.run_folder import write_json
+from keras_caltech.runs import write_json
 
 METRICS_FILE = "explain_metrics.json"
 # Zhang et al. (2016) let the maximum miss the box by 15 px on images of about 224 px;

@@ -18,7 +18,7 @@ from keras_caltech.data.pipeline import decode_and_resize
 from keras_caltech.errors import UserError
 from keras_caltech.explain.layers import image_shape
 from keras_caltech.models.loading import load_model_safely
-from keras_caltech.training.run_folder import BEST_MODEL, RunFolder, open_run
+from keras_caltech.runs import RunFolder, open_run
 
 BATCH_SIZE = 32  # images per forward/backward pass on every run-level path
 
@@ -110,18 +110,11 @@ def open_explained_run(path, data=None):
         UserError: the folder is missing, holds no ``best.keras``, or misses a file the
             run needs (config, splits, class names).
     """
-    path = Path(path)
-    if not path.is_dir():
-        raise UserError(f"run folder not found: {path}. Pass a folder made by train.py, "
-                        f"e.g. --run runs/default")
-    if not (path / BEST_MODEL).is_file():
-        raise UserError(f"run folder {path} has no {BEST_MODEL}: training saved no checkpoint "
-                        f"there (still running, or stopped before its first epoch ended)")
-    folder = open_run(path, data)
+    folder = open_run(path, data, need_model=True)
     model = load_model_safely(folder.model_path)
     model_image_size(model)  # fails now on a model the pipeline cannot feed
     class_names = check_class_names(folder.class_names, model.outputs[0].shape[-1],
-                                    path / "class_names.json")
+                                    folder.path / "class_names.json")
     return ExplainedRun(folder=folder, model=model, class_names=class_names)
 
 

@@ -40,7 +40,7 @@ from keras_caltech.export.heatmap import gradcam_heatmaps, gradcam_model
 from keras_caltech.export.layout import next_version
 from keras_caltech.models import get_model_entry
 from keras_caltech.models.loading import load_model_safely
-from keras_caltech.training.run_folder import open_run
+from keras_caltech.runs import open_run
 
 TOP_K = 5
 

@@ -52,9 +52,8 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
 
     Keras 3 normalizes with separate mean, variance, subtract, multiply and add ops (and
     as many again in the gradient); on a CPU each is a pass over the whole feature map.
-    ``tf.nn.fused_batch_norm`` does it in one kernel (oneDNN's on x86), which made our
-    fp32 training steps 1.2x-1.5x faster on 2 CPU cores (ResNet-18 and MyCNN, 128 and
-    224 px, batch 32; ``benchmarks/run.py``, README "Performance"). Same weights, same
+    ``tf.nn.fused_batch_norm`` does it in one kernel (oneDNN's on x86), which makes the
+    training step markedly faster (``python benchmarks/run.py``). Same weights, same
     configuration and the same moving-average update as the Keras layer, so it is a
     drop-in replacement; anything the fused kernel does not cover (masks, renorm,
     statistics synchronized across replicas, no scale or centre, an axis other than the last of a 4-D
@@ -109,10 +108,9 @@ class AdaptiveAveragePooling2D(keras.layers.AdaptiveAveragePooling2D):
     """``keras.layers.AdaptiveAveragePooling2D``, as one average pool when the sides divide evenly.
 
     Keras 3.15 pools adaptively with stride-1 pools of both window sizes over the whole
-    feature map, then gathers the rows and columns it needs (in the gradient too): on
-    MyCNN at 224 px (28x28 -> 4x4) one average pool makes a Grad-CAM batch 9% faster and
-    a training step 2% (measured in turns, batch 32, 2 CPU cores). When each output cell covers the same whole number of input rows and columns
-    (28 -> 4: 7 each), adaptive pooling is exactly an average pool with that window and
+    feature map, then gathers the rows and columns it needs (in the gradient too), which
+    one average pool does faster. When each output cell covers the same whole number of
+    input rows and columns (28 -> 4: 7 each), adaptive pooling is exactly an average pool with that window and
     stride, so it is computed as one; other sizes go through Keras' implementation.
     """
 

@@ -5,7 +5,7 @@ import pathlib
 
 import keras
 
-from keras_caltech.training.run_folder import replaced_atomically
+from keras_caltech.runs import replaced_atomically
 
 
 class StopOnNonFiniteLoss(keras.callbacks.Callback):

@@ -38,7 +38,7 @@ from keras_caltech.models.transfer import (backbone_blocks, freeze_backbone, loa
 from keras_caltech.training.callbacks import BestCheckpoint
 from keras_caltech.training.optim import make_optimizer
 from keras_caltech.training.recipes import loss_and_metrics
-from keras_caltech.training.run_folder import BEST_MODEL
+from keras_caltech.runs import BEST_MODEL
 
 ALL_LAYERS = "all"
 HEAD_ONLY = "head"

@@ -45,10 +45,9 @@ import numpy as np
 from keras_caltech.config import load_config
 from keras_caltech.data.scan import ScanResult
 from keras_caltech.errors import UserError
+from keras_caltech.runs import open_run, read_json, remove_partial_files, replaced_atomically
 from keras_caltech.training.distribute import tf_config_task_index, with_worker_suffix
 from keras_caltech.training.lock import lock_run_folder
-from keras_caltech.training.run_folder import (check_dataset, read_json, relocate_dataset, remove_partial_files,
-                                                replaced_atomically)
 
 STATE_FILE = "training_state.npz"
 HISTORY_FILE = "history.csv"
@@ -235,10 +234,10 @@ def reopen_run_folder(run_dir, moved_data=None, log=print):
     run_dir = pathlib.Path(run_dir)
     lock_run_folder(run_dir)
     if moved_data is not None:
-        run = relocate_dataset(run_dir, moved_data)
+        run = open_run(run_dir, moved_data, relocate=True)
         log(f"{run_dir / 'splits.json'} now points at the dataset's new folder {moved_data}")
     else:
-        run = check_dataset(run_dir)  # a moved dataset fails here, naming --data, not mid-epoch
+        run = open_run(run_dir, check_images=True)  # a moved dataset fails here, naming --data, not mid-epoch
     removed = remove_partial_files(run_dir)
     if removed:
         log(f"deleted {len(removed)} partial file(s) left by the interrupted run: {', '.join(removed)}")

@@ -35,7 +35,7 @@ from keras_caltech.training.optim import make_optimizer
 from keras_caltech.training.precision import set_precision
 from keras_caltech.training.resume import (STATE_FILE, SaveTrainingState, completed_epochs, reopen_run_folder,
                                            restore_training)
-from keras_caltech.training.run_folder import (BEST_MODEL, create_run_folder, read_json, write_atomically,
+from keras_caltech.runs import (BEST_MODEL, create_run_folder, read_json, write_atomically,
                                                write_json)
 
 # Dataset statistics from a sample: enough for three means and deviations, and fast on Caltech-256.

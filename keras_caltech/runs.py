@@ -1,4 +1,4 @@
-"""The run folder: everything a trained model needs to be re-evaluated, explained or served.
+"""The run folder: what a trained model needs to be resumed, re-evaluated, explained or served.
 
 Layout of ``runs/NAME/``::
 
@@ -185,57 +185,45 @@ class RunFolder:
         return dataclasses.replace(self, root=pathlib.Path(data).resolve())
 
 
-def open_run(path, data=None):
-    """Reads a run folder's config, classes and splits (not the model).
+def open_run(path, data=None, *, need_model=False, check_images=False, relocate=False):
+    """Opens a run folder: its config, classes and splits (not the model).
+
+    The one way every command opens a run; the options say what must be there.
 
     Args:
         path: the run folder.
         data: the dataset folder, where it is no longer where the run saw it (moved, or
             the run copied to another machine); None: the folder named in splits.json.
-
-    Raises:
-        UserError: not a folder, a file it needs is missing or damaged, or ``data`` is
-            not a folder.
-    """
-    path = pathlib.Path(path)
-    if not path.is_dir():
-        raise UserError(f"run folder not found: {path}")
-    config = load_config(path / "config.yaml") if (path / "config.yaml").is_file() else None
-    if config is None:
-        raise UserError(f"{path} is not a run folder (no config.yaml)")
-    splits = read_json(path / "splits.json")
-    run = RunFolder(path=path, config=config, class_names=read_json(path / "class_names.json"),
-                    root=pathlib.Path(splits["root"]),
-                    splits={name: [tuple(pair) for pair in splits[name]] for name in ("train", "val", "test")})
-    return run if data is None else run.moved_to(data)
-
-
-def check_dataset(run_dir, data=None):
-    """Opens a run folder and checks that every image of its splits is in its dataset folder.
+        need_model: the folder must hold ``best.keras`` (evaluation, explanation, export).
+        check_images: every image of every split must be in the dataset folder.
+        relocate: rewrite ``splits.json`` to point at ``data``, once every image is found
+            there (a resume with a moved dataset); implies ``check_images``.
 
     Returns:
         The :class:`RunFolder`.
 
     Raises:
-        UserError: ``data`` is not a folder, or some of the run's images are missing.
+        UserError: not a folder, a file it needs is missing or damaged, ``data`` is not a
+            folder, or (as asked) ``best.keras`` or some of the images are missing.
     """
-    run = open_run(run_dir, data)
-    for split in run.splits:
-        run.split_files(split)  # raises, naming a missing file
-    return run
-
-
-def relocate_dataset(run_dir, data):
-    """Points a run's ``splits.json`` at the dataset's new folder, once every split file is there.
-
-    Returns:
-        The :class:`RunFolder`, reading from ``data``.
-
-    Raises:
-        UserError: ``data`` is not a folder, or some of the run's images are not in it.
-    """
-    run = check_dataset(run_dir, data)
-    splits = read_json(run.path / "splits.json")
-    splits["root"] = str(run.root)
-    write_json(run.path / "splits.json", splits)
+    path = pathlib.Path(path)
+    if not path.is_dir():
+        raise UserError(f"run folder not found: {path}")
+    if not (path / "config.yaml").is_file():
+        raise UserError(f"{path} is not a run folder (no config.yaml): pass a folder that train.py created")
+    if need_model and not (path / BEST_MODEL).is_file():
+        raise UserError(f"run folder {path} has no {BEST_MODEL}: training saved no checkpoint there "
+                        "(still running, or stopped before its first epoch ended)")
+    splits = read_json(path / "splits.json")
+    run = RunFolder(path=path, config=load_config(path / "config.yaml"),
+                    class_names=read_json(path / "class_names.json"), root=pathlib.Path(splits["root"]),
+                    splits={name: [tuple(pair) for pair in splits[name]] for name in ("train", "val", "test")})
+    if data is not None:
+        run = run.moved_to(data)
+    if check_images or relocate:
+        for split in run.splits:
+            run.split_files(split)  # raises, naming a missing file
+    if relocate:
+        splits["root"] = str(run.root)
+        write_json(path / "splits.json", splits)
     return run
