@@ -3,7 +3,7 @@
     python benchmarks/profile_step.py                          # ResNet-18, 128 px, batch 32
     python benchmarks/profile_step.py --model mycnn --image-size 224 --jit
 
-Runs our training step (benchmarks/train_step.py: train.py's loop) for a few warm-up
+Runs our training step (benchmarks/sections/train_step.py: train.py's loop) for a few warm-up
 steps, then traces ``--steps`` steps with the TensorFlow profiler and sums the host-side
 op events of the trace by op type. With ``--onednn`` it re-runs itself under ``ONEDNN_VERBOSE=1`` and
 sums oneDNN's own per-primitive timings (convolution, reorder, batch_normalization ...)

@@ -41,8 +41,8 @@ HERE = pathlib.Path(__file__).resolve().parent
 import docs_page  # noqa: E402
 
 # Section name -> module in this folder. "serving" belongs to the export work and may be absent.
-SECTIONS = {"training": "train_step", "flops": "flops", "pipeline": "input_pipeline",
-            "gradcam": "gradcam_speed", "serving": "serving"}
+SECTIONS = {"training": "sections.train_step", "flops": "sections.flops", "pipeline": "sections.input_pipeline",
+            "gradcam": "sections.gradcam", "serving": "serving"}
 DEFAULT_OUTPUT = HERE / "results.json"
 DOCS_PAGE = HERE.parent / "docs" / "performance.md"
 

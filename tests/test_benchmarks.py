@@ -32,16 +32,20 @@ def test_the_tta_benchmark_prints_a_row_per_mode(capsys):
     assert all(float(row.split()[3]) > 0 for row in rows)  # images/s
 
 
-def test_the_gradcam_benchmark_prints_a_row_per_model_with_agreeing_maps(capsys):
-    benchmark = load_script("gradcam")
+def test_the_gradcam_section_gives_speed_rows_and_maps_that_agree_with_the_keras_io_recipe():
+    import argparse
+
+    gradcam = importlib.import_module("sections.gradcam")
     # 64 px: the smallest size at which resnet50's conv5 map (2x2) is more than one cell,
     # so that the correlation of the two methods' maps is defined for both models.
-    assert benchmark.main(["--size", "64", "--batch", "2", "--repeats", "1"]) == 0
-    rows = capsys.readouterr().out.strip().splitlines()[3:]
-    assert [row.split()[0] for row in rows] == ["mycnn", "resnet50"]
-    for row in rows:
-        ours, recipe, _, correlation = (float(value.rstrip("x")) for value in row.split()[3:7])
-        assert ours > 0 and recipe > 0 and correlation > 0.99, row
+    options = argparse.Namespace(gradcam_models=["mycnn", "resnet50"], gradcam_size=64, gradcam_batch=2,
+                                 gradcam_repeats=1)
+    rows = gradcam.run(options, {})
+    for model in ("MyCNN", "ResNet-50"):
+        speed = next(row for row in rows if row.name.startswith(model) and "keras-io one image" in row.name)
+        assert speed.value > 0 and speed.reference_value > 0
+        agreement = next(row for row in rows if row.name.startswith(model) and "keras-io recipe's" in row.name)
+        assert agreement.value > 0.99, agreement
 
 
 def test_the_smoke_run_prints_a_table_with_every_section_and_writes_the_results(tmp_path):
@@ -79,7 +83,7 @@ def test_an_unknown_section_is_refused_with_the_valid_ones():
 
 
 def test_the_flop_counter_gives_resnet18s_published_forward_cost():
-    from flops import forward_flops
+    from sections.flops import forward_flops
 
     from keras_caltech.models import create_model
 

@@ -22,7 +22,7 @@ from keras_caltech.data.augment import build_augmenter, load_size
 from keras_caltech.data.pipeline import EpochBatches, materialize_split
 from keras_caltech.data.synthetic import class_folder_names, generate_dataset
 from timing import Row, interleaved, rate
-from train_step import MODEL_TITLES
+from sections.train_step import MODEL_TITLES
 
 PIPELINE_GOAL = 3.0
 

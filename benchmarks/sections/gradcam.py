@@ -1,4 +1,6 @@
-"""Section 4: Grad-CAM heatmaps/s: ours batched, the keras-io recipe one image at a time, xplique.
+"""Grad-CAM heatmaps/s: ours batched, the keras-io recipe one image at a time, xplique.
+
+    python benchmarks/run.py --sections gradcam [--smoke]
 
 All three explain the same untrained model (speed and agreement do not depend on the
 weights), the same layer (the model's registered Grad-CAM layer) and the same class per
@@ -82,7 +84,7 @@ def correlations(ours, theirs):
 
 
 def run(options, context):
-    """Rows for section 4."""
+    """The section's rows: speed against the keras-io recipe and xplique, and agreement of the maps."""
     rows = []
     xplique_gradcam, xplique_reason = xplique_explainer()
     size, batch = options.gradcam_size, options.gradcam_batch
@@ -108,6 +110,9 @@ def run(options, context):
         speed = {name: rate(batch, values) for name, values in seconds.items()}
         rows.append(Row("gradcam", f"{title}: ours batched vs keras-io one image at a time", speed["ours"],
                         "heatmaps/s", "keras-io recipe, eager, one image per tape", speed["recipe"], goal=10.0))
+        agreement = correlations(ours(images, class_indices).heatmaps, recipe(images, class_indices))
+        rows.append(agreement_row(f"{title}: mean correlation of our maps with the keras-io recipe's", agreement,
+                                  batch, "both at the feature map's resolution"))
         if xplique_gradcam is None:
             rows.append(skipped("gradcam", f"{title}: ours batched vs xplique GradCAM", xplique_reason, goal=1.0))
             continue
@@ -119,11 +124,15 @@ def run(options, context):
         agreement = correlations(ours_resized, theirs)
         rows.append(Row("gradcam", f"{title}: ours batched vs xplique GradCAM", speed["ours"], "heatmaps/s",
                         f"xplique {xplique.__version__} GradCAM, batch {batch}", speed["xplique"], goal=1.0))
-        mean = float(agreement.mean()) if len(agreement) else None
-        rows.append(Row("gradcam", f"{title}: mean correlation of our maps with xplique's", mean, "Pearson r",
-                        "identical maps (r = 1)", 1.0, goal=0.99,
-                        note=(f"over {len(agreement)} of {batch} images"
-                              + (" (the others are empty: nothing survives the ReLU)" if len(agreement) < batch else "")
-                              + "; ours bicubic-resized like xplique's; goal r > 0.99")))
-        context.setdefault("gradcam_correlation", {})[model_name] = mean
+        rows.append(agreement_row(f"{title}: mean correlation of our maps with xplique's", agreement, batch,
+                                  "ours bicubic-resized like xplique's"))
+        context.setdefault("gradcam_correlation", {})[model_name] = rows[-1].value
     return rows
+
+
+def agreement_row(name, agreement, batch, how):
+    """The row of a mean Pearson correlation between two methods' maps (goal: above 0.99)."""
+    mean = float(agreement.mean()) if len(agreement) else None
+    empty = " (the others are empty: nothing survives the ReLU)" if len(agreement) < batch else ""
+    return Row("gradcam", name, mean, "Pearson r", "identical maps (r = 1)", 1.0, goal=0.99,
+               note=f"over {len(agreement)} of {batch} images{empty}; {how}; goal r > 0.99")

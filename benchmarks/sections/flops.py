@@ -17,7 +17,7 @@ import keras
 import tensorflow as tf
 
 from timing import Row, interleaved, rate
-from train_step import MODEL_TITLES, bf16_support, matmul_contender
+from sections.train_step import MODEL_TITLES, bf16_support, matmul_contender
 
 # The goal: ResNet-18 at 224 px reaches half the fp32 matmul peak.
 FLOPS_GOAL = {("resnet18", 224): 0.5}

@@ -1,0 +1,1 @@
+"""The sections of ``benchmarks/run.py``: each module's ``run(options, context)`` returns its table rows."""
