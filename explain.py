@@ -22,7 +22,7 @@ from keras_caltech.cli import ArgumentParser, import_tensorflow_quietly, run_com
 from keras_caltech.errors import UserError
 
 import_tensorflow_quietly()
-from keras_caltech.explain import gallery, metrics, report, runs  # noqa: E402
+from keras_caltech.explain import assess, gallery, image_files, runs  # noqa: E402
 from keras_caltech.runs import make_output_folder  # noqa: E402
 
 
@@ -52,7 +52,7 @@ def parse_args(argv):
                         help="with --run: score the explanations, write explain_metrics.json")
     parser.add_argument("--class", dest="class_", help="class to explain: a name or an index "
                                                         "(default: the predicted class)")
-    parser.add_argument("--method", default="gradcam", choices=report.METHODS)
+    parser.add_argument("--method", default="gradcam", choices=image_files.METHODS)
     parser.add_argument("--layer", help="4-D layer to explain; nested: backbone/layer "
                                         "(default: the model's declared Grad-CAM layer)")
     parser.add_argument("--channel", type=int, help="with --method patches: a channel of --layer")
@@ -94,20 +94,20 @@ def explain(args):
     """Does what the arguments ask; returns (written files, note lines)."""
     run = runs.open_explained_run(args.run, args.data) if args.run else None
     model, class_names = (run.model, run.class_names) if run else runs.load_model_file(args.model)
-    class_index = report.resolve_class(args.class_, class_names, model.outputs[0].shape[-1])
+    class_index = image_files.resolve_class(args.class_, class_names, model.outputs[0].shape[-1])
     if args.evaluate:  # writes into the run folder, no figures
-        scores = metrics.evaluate_run(run, args.method, args.layer, args.max_images, args.seed,
-                                      log=lambda line: print(line, file=sys.stderr))
-        path = metrics.write_metrics(run, scores)
-        return [report.Written(path, "explanation scores")], [metrics.format_table(scores)]
+        scores = assess.assess_run(run, args.method, args.layer, args.max_images, args.seed,
+                                   log=lambda line: print(line, file=sys.stderr))
+        path = assess.write_scores(run, scores)
+        return [image_files.Written(path, "explanation scores")], [assess.format_table(scores)]
     if run is not None and not args.image:
         run.folder.split_files("test")  # a moved dataset fails before any folder is made
     output_dir = make_output_folder(args.output_dir or (Path(args.run) / "explain" if run else "explanations"),
                                     "--output-dir")
     if args.image:
-        return report.explain_images(model, args.image, args.method, class_index, args.layer,
-                                     args.channel, class_names, output_dir,
-                                     run.crop_from if run else runs.crop_from_beside(args.model)), []
+        return image_files.explain_images(model, args.image, args.method, class_index, args.layer,
+                                          args.channel, class_names, output_dir,
+                                          run.resize_crop if run else runs.resize_crop_beside(args.model)), []
     if args.sample:
         return gallery.sample_gallery(run, *args.sample, args.method, args.layer, class_index,
                                       args.seed, output_dir)

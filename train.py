@@ -7,10 +7,12 @@ the recipe for a user's own data, at an image size and epoch count chosen from t
 ``python train.py --resume runs/NAME`` continues a stopped run from its last completed epoch.
 """
 
+import argparse
 import os
 import sys
 
 from keras_caltech.cli import ArgumentParser, import_tensorflow_quietly, run_command  # light: no TensorFlow
+from keras_caltech.config import describe_fields, load_config  # light too
 
 DOWNLOAD_DIR = "data"
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
@@ -20,16 +22,10 @@ QUICKSTART_CONFIG = os.path.join(CONFIG_DIR, "quickstart.yaml")  # the same reci
 
 def parse_args(argv):
     parser = ArgumentParser(
-        description="Train a CNN image classifier on a folder-per-class dataset "
+        description="Train a CNN image classifier on a folder-per-class dataset\n"
                     "(Caltech-256, Caltech-101, or the built-in synthetic one).",
-        epilog="Config fields (section.key): data.image_size (0: from the data), data.batch_size, data.root, "
-               "data.exclude_classes, data.include_classes, data.normalization (dataset|imagenet|half), "
-               "data.cache (none|memory|disk|auto), data.balanced_sampling, augment.*, model.name, model.dropout, "
-               "model.weights (imagenet|none|FILE), model.fine_tune_blocks, train.epochs (0: from the data), "
-               "train.optimizer (adam|adamw|sgd), train.learning_rate, "
-               "train.schedule (constant|step|onecycle|cosine), train.label_smoothing, train.class_weight, "
-               "train.precision, eval.tta (none|flip|10crop), export.enabled, export.base_dir, ... "
-               "See keras_caltech/config.py for all of them and their defaults.")
+        epilog=describe_fields() + "\n\nWhat each field means: keras_caltech/config.py.",
+        formatter_class=argparse.RawDescriptionHelpFormatter)  # keeps the field list one per line
     parser.add_argument("--config",
                         help="YAML config listing what differs from the defaults (default: "
                              "configs/default.yaml with --data or --dataset, else configs/quickstart.yaml)")
@@ -69,9 +65,7 @@ def main(argv=None):
 def _train_command(argv):
     args = parse_args(argv)
     import_tensorflow_quietly()
-    from keras_caltech.config import load_config
     from keras_caltech.errors import UserError
-    from keras_caltech.evaluation.tta import check_tta_mode
     from keras_caltech.training import trainer
     from keras_caltech.training.resume import load_run_config
     from keras_caltech.workflow import train_evaluate_export
@@ -96,7 +90,6 @@ def _train_command(argv):
         default = DEFAULT_CONFIG if own_data else QUICKSTART_CONFIG
         config = load_config(args.config or default, overrides)
         if args.dry_run:
-            check_tta_mode(config.eval.tta)
             trainer.dry_run(config)
             return 0
         summary = train_evaluate_export(config, args.output_dir)

@@ -22,9 +22,10 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+from keras_caltech.config import TTA_MODES, check_choice  # noqa: E402
 from keras_caltech.data.pipeline import materialize_split  # noqa: E402
 from keras_caltech.data.synthetic import class_folder_names, generate_dataset  # noqa: E402
-from keras_caltech.evaluation.tta import (TTA_MODES, TTA_VIEWS, images_per_batch, tta_dataset,  # noqa: E402
+from keras_caltech.evaluation.tta import (TTA_VIEWS, images_per_batch, tta_dataset,  # noqa: E402
                                           tta_forward, tta_load_size)
 from keras_caltech.models import create_model  # noqa: E402
 
@@ -69,7 +70,7 @@ def time_modes(model, view_dir, class_names, image_size, modes, batch_size, repe
 
 def main(argv=None):
     args = parse_args(argv)
-    modes = [mode.strip() for mode in args.modes.split(",") if mode.strip()]
+    modes = [check_choice("eval.tta", mode.strip()) for mode in args.modes.split(",") if mode.strip()]
     class_names = class_folder_names(args.classes)
     per_class = -(-args.images // args.classes)  # ceiling
     with tempfile.TemporaryDirectory(prefix="benchmark_tta_") as temporary:

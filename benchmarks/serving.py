@@ -47,9 +47,9 @@ def parse_args(argv):
 
 
 def load_or_build_model(args):
-    """(model, class names, crop_from): the run's best model, or a fresh MyCNN with random weights.
+    """(model, class names, resize_crop): the run's best model, or a fresh MyCNN with random weights.
 
-    ``crop_from`` is the run's ``augment.resize_crop`` (0 for the fresh model): served
+    ``resize_crop`` is the run's ``augment.resize_crop`` (0 for the fresh model): served
     images are cut as that run's evaluation cuts them.
     """
     if args.run:
@@ -105,18 +105,18 @@ def main(argv=None):
         print("error: --saved-model needs --run, the run it was exported from (its Keras model is the baseline)",
               file=sys.stderr)
         return 2
-    model, class_names, crop_from = load_or_build_model(args)
+    model, class_names, resize_crop = load_or_build_model(args)
     image_size = model.input_shape[1]
     jpegs = make_jpegs(args.batch_size, args.source_size)
     pixels = [tf.cast(tf.io.decode_jpeg(encoded, channels=3), tf.float32) for encoded in jpegs]
-    decoded = tf.stack([decode_and_resize(encoded, image_size, crop_from) for encoded in jpegs])  # (n, size, size, 3)
+    decoded = tf.stack([decode_and_resize(encoded, image_size, resize_crop) for encoded in jpegs])  # (n, size, size, 3)
 
     @tf.function
     def keras_model(images):
         return model(images, training=False)
 
     with tempfile.TemporaryDirectory() as folder:
-        saved_model = args.saved_model or export_model(model, class_names, folder, "benchmark", crop_from=crop_from)
+        saved_model = args.saved_model or export_model(model, class_names, folder, "benchmark", resize_crop=resize_crop)
         signatures = tf.saved_model.load(str(saved_model)).signatures
         serving_default, predict_images = signatures["serving_default"], signatures["predict_images"]
         rows = [

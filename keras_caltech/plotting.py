@@ -1,16 +1,50 @@
-"""Every figure the project draws, in one place (matplotlib, no screen needed)."""
+"""Every figure the project draws, in one place: training curves, the evaluation's
+figures and the explanations' figures (no screen needed).
+
+Figures are built with matplotlib's object API on an Agg canvas (``Figure`` with a
+``FigureCanvasAgg``), never with pyplot: pyplot keeps every open figure in one global
+registry and switches a global backend, which is not thread-safe, while a ``Figure`` of
+its own is. Heatmaps are coloured with OpenCV's JET colormap and blended on the
+original, un-normalized image.
+
+The ``plot_*`` functions write a PNG and return its path; the explanation figures
+return the Figure, which :func:`save_figure` writes.
+"""
 
 import csv
+import math
 import os
 import pathlib
 
-import matplotlib
+import cv2
 import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import PowerNorm
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")  # headless: CI machines and servers have no display
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.colors import PowerNorm  # noqa: E402
 
+def _new_figure(width, height, layout="constrained"):
+    """A matplotlib Figure of ``width`` x ``height`` inches on its own Agg canvas."""
+    figure = Figure(figsize=(width, height), layout=layout)
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def save_figure(figure, path):
+    """Writes a figure (PNG by the suffix) and returns its path, creating folders.
+
+    Through a temporary name and an atomic rename: a killed run never leaves half a PNG
+    in its run folder.
+    """
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    figure.savefig(temporary, dpi=100)
+    os.replace(temporary, path)
+    return path
+
+
+# --- Training and evaluation ---------------------------------------------------------
 
 def plot_curves(history_csv, output_path):
     """Draws loss and accuracy per epoch, training vs validation, from Keras' CSVLogger file."""
@@ -19,7 +53,8 @@ def plot_curves(history_csv, output_path):
     if not rows:
         return None
     epochs = [int(row["epoch"]) + 1 for row in rows]
-    figure, (loss_axis, accuracy_axis) = plt.subplots(1, 2, figsize=(10, 4))
+    figure = _new_figure(10, 4, layout=None)
+    loss_axis, accuracy_axis = figure.subplots(1, 2)
     for axis, key, title in ((loss_axis, "loss", "Loss"), (accuracy_axis, "accuracy", "Top-1 accuracy")):
         axis.plot(epochs, [float(row[key]) for row in rows], marker="o", label="train")
         if f"val_{key}" in rows[0]:
@@ -28,21 +63,8 @@ def plot_curves(history_csv, output_path):
         axis.set_title(title)
         axis.grid(alpha=0.3)
         axis.legend()
-    return _save(figure, output_path)
-
-
-def _save(figure, output_path):
-    """Writes ``figure`` as a PNG through a temporary name and an atomic rename, then closes it.
-
-    A killed run never leaves half a PNG in its run folder.
-    """
     figure.tight_layout()
-    output_path = pathlib.Path(output_path)
-    temporary = output_path.with_name(f".{output_path.stem}.tmp{output_path.suffix}")
-    figure.savefig(temporary, dpi=100)
-    os.replace(temporary, output_path)
-    plt.close(figure)
-    return output_path
+    return save_figure(figure, output_path)
 
 
 # Confusion matrices: per-cell counts only while they stay legible, class names while
@@ -73,7 +95,8 @@ def plot_confusion_matrix(matrix, class_names, output_path, *, title="Confusion 
     support = matrix.sum(axis=1, keepdims=True)
     rates = np.divide(matrix, support, out=np.zeros(matrix.shape), where=support > 0)  # rows sum to 1
     side = min(14.0, max(5.0, 3.0 + 0.4 * num_classes)) if num_classes <= _NAMES_MAX_CLASSES else 12.0
-    figure, axis = plt.subplots(figsize=(side + 1.5, side))
+    figure = _new_figure(side + 1.5, side, layout=None)
+    axis = figure.subplots()
     shown = axis.imshow(rates, cmap="viridis", norm=PowerNorm(0.5, vmin=0.0, vmax=1.0),
                         interpolation="nearest")
     colorbar = figure.colorbar(shown, ax=axis, fraction=0.046, pad=0.04)
@@ -99,7 +122,8 @@ def plot_confusion_matrix(matrix, class_names, output_path, *, title="Confusion 
     axis.set_xlabel(f"predicted class{index_note}")
     axis.set_ylabel(f"true class{index_note}")
     axis.set_title(title)
-    return _save(figure, output_path)
+    figure.tight_layout()
+    return save_figure(figure, output_path)
 
 
 def plot_per_class_accuracy(per_class_accuracy, output_path, *, worst=25, title="Worst classes"):
@@ -118,7 +142,8 @@ def plot_per_class_accuracy(per_class_accuracy, output_path, *, worst=25, title=
     present = {name: value for name, value in per_class_accuracy.items() if value is not None}
     shown = sorted(present.items(), key=lambda item: (item[1], item[0]))[:worst]  # worst first
     mean = sum(present.values()) / max(1, len(present))
-    figure, axis = plt.subplots(figsize=(8, 1.0 + 0.3 * len(shown)))
+    figure = _new_figure(8, 1.0 + 0.3 * len(shown), layout=None)
+    axis = figure.subplots()
     names = [name for name, _ in shown][::-1]  # barh draws bottom-up: reverse to put the worst on top
     values = [value for _, value in shown][::-1]
     axis.barh(range(len(shown)), values, color="tab:red", alpha=0.8)
@@ -131,4 +156,206 @@ def plot_per_class_accuracy(per_class_accuracy, output_path, *, worst=25, title=
     axis.set_title(f"{title} ({len(shown)} of {len(present)})")
     axis.legend(loc="upper right", fontsize=8)  # the worst (shortest) bars are at the top
     axis.grid(axis="x", alpha=0.3)
-    return _save(figure, output_path)
+    figure.tight_layout()
+    return save_figure(figure, output_path)
+
+
+# --- Explanations --------------------------------------------------------------------
+
+def _as_uint8(image):
+    """An RGB 0-255 float image as uint8."""
+    return np.clip(np.rint(image), 0, 255).astype(np.uint8)
+
+
+def colorize(heatmap, size):
+    """Colours a heatmap with OpenCV's JET colormap.
+
+    Args:
+        heatmap: (h, w) float in [0, 1], any resolution.
+        size: (height, width) to resize to (bilinear).
+
+    Returns:
+        (height, width, 3) uint8 RGB.
+    """
+    resized = cv2.resize(np.asarray(heatmap, np.float32), (size[1], size[0]),
+                         interpolation=cv2.INTER_LINEAR)
+    levels = _as_uint8(np.clip(resized, 0.0, 1.0) * 255.0)
+    return cv2.cvtColor(cv2.applyColorMap(levels, cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB)
+
+
+def overlay(image, heatmap, alpha=0.4):
+    """Blends a JET-coloured heatmap on an image.
+
+    Args:
+        image: (h, w, 3) RGB 0-255, as the model takes it (not normalized).
+        heatmap: (h', w') float in [0, 1]; resized to the image.
+        alpha: weight of the heatmap colour.
+
+    Returns:
+        (h, w, 3) uint8 RGB.
+    """
+    image = _as_uint8(image)
+    return cv2.addWeighted(image, 1.0 - alpha, colorize(heatmap, image.shape[:2]), alpha, 0.0)
+
+
+def prediction_title(probabilities, class_index, class_names=None, method="Grad-CAM"):
+    """A title naming the predicted class and the explained one, with probabilities.
+
+    Args:
+        probabilities: (num_classes,) softmax output for the image.
+        class_index: the explained class.
+        class_names: optional list of names; indices are shown without it.
+        method: the explanation method's name.
+    """
+    def name(index):
+        return class_names[index] if class_names else f"class {index}"
+
+    predicted = int(np.argmax(probabilities))
+    title = f"predicted {name(predicted)} ({probabilities[predicted]:.1%})"
+    if class_index != predicted:
+        title += f"; {method} for {name(class_index)} ({probabilities[class_index]:.1%})"
+    else:
+        title += f"; {method}"
+    return title
+
+
+def _grid_figure(rows, columns, cell):
+    """A figure of rows x columns image panels, all axes hidden.
+
+    A fixed layout: the constrained solver takes seconds on 64 panels.
+    """
+    figure = _new_figure(cell * columns, cell * rows + 0.5, layout=None)
+    figure.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=1 - 0.5 / (cell * rows + 0.5),
+                           wspace=0.05, hspace=0.25)
+    panels = figure.subplots(rows, columns, squeeze=False).ravel()
+    for axes in panels:
+        axes.set_axis_off()
+    return figure, panels
+
+
+def _show(axes, picture, label=None, fontsize=9):
+    axes.imshow(picture)
+    axes.set_axis_off()
+    if label:
+        axes.set_title(label, fontsize=fontsize)
+
+
+def explanation_figure(image, heatmap, title, empty=False):
+    """Original | heatmap | overlay, under one title.
+
+    Args:
+        image: (h, w, 3) RGB 0-255.
+        heatmap: (h', w') float in [0, 1].
+        title: e.g. from :func:`prediction_title`.
+        empty: the map is empty (the image argues against the class); said on the figure.
+
+    Returns:
+        a matplotlib Figure.
+    """
+    figure = _new_figure(9, 3.4)
+    panels = figure.subplots(1, 3)
+    _show(panels[0], _as_uint8(image), "image")
+    heat_label = "empty: evidence argues against the class" if empty else "heatmap"
+    _show(panels[1], colorize(heatmap, np.shape(image)[:2]), heat_label)
+    _show(panels[2], overlay(image, heatmap), "overlay")
+    figure.suptitle(title, fontsize=10)
+    return figure
+
+
+def gradient_image(gradients):
+    """Maps image gradients to a displayable RGB picture in [0, 1].
+
+    Centred on 0.5 grey and scaled so that +-3 standard deviations fill the range.
+
+    Args:
+        gradients: (h, w, 3) float.
+    """
+    gradients = np.asarray(gradients, np.float32)
+    spread = gradients.std()
+    if spread == 0:
+        return np.full(gradients.shape, 0.5, np.float32)
+    return np.clip(0.5 + (gradients - gradients.mean()) / (6.0 * spread), 0.0, 1.0)
+
+
+def gradient_figure(image, gradients, title):
+    """Original | gradient picture (guided backpropagation, guided Grad-CAM)."""
+    figure = _new_figure(6, 3.4)
+    panels = figure.subplots(1, 2)
+    _show(panels[0], _as_uint8(image), "image")
+    _show(panels[1], gradient_image(gradients), "gradient")
+    figure.suptitle(title, fontsize=10)
+    return figure
+
+
+def _grid(count):
+    columns = math.ceil(math.sqrt(count))
+    return math.ceil(count / columns), columns
+
+
+def feature_map_figure(activations, layer_name, max_channels=64):
+    """The channels of one layer's activations tiled in a grid, on one colour scale.
+
+    One shared scale, so dead channels look dark; the tiles are one picture (one
+    ``imshow``), because 64 separate panels take seconds to lay out.
+
+    Args:
+        activations: (h, w, channels) float.
+        layer_name: shown in the title.
+        max_channels: channels shown, the first ones, row by row.
+    """
+    height, width, channels = activations.shape
+    shown = min(channels, max_channels)
+    rows, columns = _grid(shown)
+    gap = max(1, height // 8)
+    tiles = np.full((rows * (height + gap) - gap, columns * (width + gap) - gap), np.nan, np.float32)
+    for channel in range(shown):
+        row, column = divmod(channel, columns)
+        tiles[row * (height + gap):row * (height + gap) + height,
+              column * (width + gap):column * (width + gap) + width] = activations[..., channel]
+    figure = _new_figure(0.3 + 0.9 * columns, 0.6 + 0.9 * rows)
+    axes = figure.subplots()
+    picture = axes.imshow(tiles, cmap="viridis", interpolation="nearest")
+    axes.set_axis_off()
+    figure.colorbar(picture, ax=axes, shrink=0.8)
+    figure.suptitle(f"{layer_name}: channels 0-{shown - 1} of {channels} (row by row), "
+                    f"{height}x{width}", fontsize=9)
+    return figure
+
+
+def patches_figure(patches, title):
+    """A grid of maximally activating patches (see ``views.top_activating_patches``)."""
+    figure, panels = _grid_figure(*_grid(max(len(patches), 1)), cell=1.6)
+    for patch, axes in zip(patches, panels):
+        _show(axes, _as_uint8(patch.pixels), f"#{patch.image_index}: {patch.score:.3g}")
+    figure.suptitle(title, fontsize=9)
+    return figure
+
+
+def image_grid(rows, title, cell=1.8):
+    """Rows of labelled pictures in one figure: the galleries of a run's explanations.
+
+    Args:
+        rows: a list of rows, each a list of (picture, label): picture (h, w, 3) RGB
+            0-255 (uint8 or float), label a short text of up to two lines.
+        title: above the grid.
+        cell: inches per panel side.
+
+    Returns:
+        a matplotlib Figure; rows shorter than the longest leave blank panels.
+    """
+    columns = max(len(row) for row in rows)
+    label_space = 0.45  # inches above each panel for a two-line label
+    title_space = 0.4  # inches for the figure title, above the first row's labels
+    height = len(rows) * (cell + label_space) + title_space
+    figure = _new_figure(cell * columns, height, layout=None)
+    figure.subplots_adjust(left=0.01, right=0.99, bottom=0.01,
+                           top=1 - (title_space + label_space) / height, wspace=0.05,
+                           hspace=label_space / cell)
+    panels = figure.subplots(len(rows), columns, squeeze=False)
+    for row, row_panels in zip(rows, panels):
+        for axes in row_panels:
+            axes.set_axis_off()
+        for (picture, label), axes in zip(row, row_panels):
+            _show(axes, _as_uint8(picture), label, fontsize=7)
+    figure.suptitle(title, fontsize=10)
+    return figure

@@ -10,7 +10,6 @@ import time
 
 from keras_caltech.errors import UserError
 from keras_caltech.evaluation.evaluate import evaluate_run
-from keras_caltech.evaluation.tta import check_tta_mode
 from keras_caltech.export.saved_model import export_model
 from keras_caltech.models.loading import load_model_safely
 from keras_caltech.training import trainer
@@ -44,7 +43,6 @@ def train_evaluate_export(config, output_dir=None, *, resume=False, moved_data=N
             a resume of a fully trained run only evaluates and exports).
     """
     started = time.time()
-    check_tta_mode(config.eval.tta)  # a bad eval.tta fails before training, not after
     trained = trainer.train(config, output_dir, resume=resume, moved_data=moved_data, log=log)
     run_dir = trained["run_dir"]
     metrics = evaluate_run(run_dir, config.eval.tta, log=log, extra={
@@ -73,7 +71,7 @@ def _export_once(config, run_dir, class_names, log):
     try:
         export_dir = export_model(load_model_safely(run_dir / BEST_MODEL), class_names,
                                   config.export.base_dir, config.export.name or run_dir.resolve().name,
-                                  crop_from=config.augment.resize_crop)
+                                  resize_crop=config.augment.resize_crop)
     except UserError as error:
         raise UserError(f"training finished (run folder {run_dir}) but the export failed: {error}. "
                         f"Retry with: python -m keras_caltech export {run_dir} "

@@ -2,7 +2,7 @@ import pathlib
 
 import pytest
 
-from keras_caltech.config import load_config, save_config
+from keras_caltech.config import load_config
 from keras_caltech.errors import UserError
 
 CONFIGS = sorted(pathlib.Path(__file__).resolve().parent.parent.joinpath("configs").rglob("*.yaml"))
@@ -26,7 +26,8 @@ def test_dotted_overrides_change_any_field():
 
 
 def test_lists_of_numbers_are_coerced_item_by_item():
-    config = load_config(None, ["train.progressive_sizes=[128, 224]", "train.progressive_epochs=6,4"])
+    config = load_config(None, ["train.progressive_sizes=[128, 224]", "train.progressive_epochs=6,4",
+                                "train.epochs=10"])
     assert config.train.progressive_sizes == (128, 224) and config.train.progressive_epochs == (6, 4)
     with pytest.raises(UserError, match="train.progressive_sizes must be int. Received: 'big'"):
         load_config(None, ["train.progressive_sizes=[128, big]"])
@@ -46,10 +47,12 @@ def test_unknown_keys_and_wrong_types_are_refused_with_the_dotted_path(override,
     assert message in str(error.value)
 
 
-def test_resolved_config_round_trips_through_yaml(tmp_path):
+def test_resolved_config_round_trips_through_the_runs_config_yaml(tmp_path):
+    from keras_caltech.training.trainer import write_run_config
+
     config = load_config(None, ["train.epochs=2", "data.include_classes=a,b"])
-    save_config(config, tmp_path / "resolved.yaml")
-    assert load_config(tmp_path / "resolved.yaml") == config
+    write_run_config(tmp_path, config)  # as the trainer writes every run's config.yaml
+    assert load_config(tmp_path / "config.yaml") == config
 
 
 CONFIG_IDS = [str(p.relative_to(p.parents[1])) for p in CONFIGS]
@@ -59,15 +62,12 @@ CONFIG_IDS = [str(p.relative_to(p.parents[1])) for p in CONFIGS]
 def test_every_shipped_config_loads_and_validates(path):
     from keras_caltech.data.augment import build_augmenter
     from keras_caltech.models import get_model_entry
-    from keras_caltech.training import phases, recipes
+    from keras_caltech.training import auto, phases
     from keras_caltech.training.optim import make_optimizer
-
-    from keras_caltech.training import auto
 
     # Settings left to the data are checked with typical values, as training checks them.
     config = auto.stand_in(load_config(path), get_model_entry(load_config(path).model.name).default_image_size)
     phases.plan_phases(config)
-    recipes.check_recipe(config)
     build_augmenter(config.augment, config.data.image_size)
     make_optimizer(config.train, steps_per_epoch=100)
     header = path.read_text()
@@ -111,3 +111,93 @@ def test_an_optional_field_accepts_none_and_numbers():
     assert load_config(None, ["model.dropout=0.3", "model.dropout=none"]).model.dropout is None
     with pytest.raises(UserError, match="model.dropout must be float"):
         load_config(None, ["model.dropout=high"])
+
+
+# --- A Config is valid once loaded ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("overrides, message", [
+    # Named choices: the modules that act on a field import its choices from config.py.
+    (["data.normalization=zscore"], "unknown data.normalization 'zscore'. Valid choices: imagenet, half, dataset"),
+    (["data.cache=ram"], "unknown data.cache 'ram'. Valid choices: none, memory, disk, auto"),
+    (["train.optimizer=adagrad"], "unknown train.optimizer 'adagrad'. Valid optimizers: adam, adamw, sgd"),
+    (["train.schedule=poly"], "unknown train.schedule 'poly'. Valid schedules: constant, step, onecycle, cosine"),
+    (["train.class_weight=inverse"], "unknown train.class_weight 'inverse'. Valid modes: none, balanced"),
+    (["train.strategy=tpu"], "unknown train.strategy 'tpu'. Valid choices: auto, one, mirrored, multiworker"),
+    (["train.precision=fp8"], "unknown train.precision 'fp8'. Valid choices: float32, mixed_float16, mixed_bfloat16"),
+    (["eval.tta=12crop"], "unknown TTA mode '12crop'. Valid modes: none, flip, 10crop"),
+    # Ranges once checked as the augmenter was built, the optimizer made or the schedule started.
+    (["augment.rand_augment_ops=-1"], "augment.rand_augment_ops must be >= 0 (0 = off, 2 is usual). Received: -1"),
+    (["augment.rand_augment_factor=1.5"], "augment.rand_augment_factor must be between 0 and 1. Received: 1.5"),
+    (["augment.rotation=-0.1"], "augment.rotation must be between 0 and 1. Received: -0.1"),
+    (["augment.resize_crop=-1"], "augment.resize_crop must be at least 0. Received: -1"),
+    (["train.weight_decay=-1"], "train.weight_decay must be >= 0. Received: -1.0"),
+    (["train.learning_rate=0"], "train.learning_rate must be > 0. Received: 0.0"),
+    (["train.fine_tune_learning_rate=-1e-4"], "train.fine_tune_learning_rate must be > 0. Received: -0.0001"),
+    (["train.step_gamma=0"], "train.step_gamma must be > 0. Received: 0.0"),
+    (["train.pct_start=1"], "train.pct_start must be a fraction in [0, 1). Received: 1.0"),
+    (["train.schedule=cosine", "train.epochs=5", "train.warmup_epochs=5"],
+     "train.warmup_epochs must be at least 0 and fewer than the 5 epochs it warms up. Received: 5.0"),
+    (["model.name=resnet50_imagenet", "model.weights=imagenet", "train.schedule=cosine", "train.epochs=10",
+      "train.warmup_epochs=3", "train.fine_tune_epochs=2", "model.fine_tune_blocks=1"],
+     "fewer than the 2 epochs it warms up"),  # the fine-tuning phase runs the schedule anew
+    (["train.label_smoothing=1"], "train.label_smoothing must be in [0, 1) (0.1 is usual). Received: 1.0"),
+    # Settings that contradict each other.
+    (["train.class_weight=balanced", "data.balanced_sampling=true"], "together over-correct it; use one of them"),
+    (["train.epochs=0", "train.progressive_sizes=[112, 224]", "train.progressive_epochs=[10, 10]"],
+     "progressive resizing (train.progressive_sizes) needs an explicit train.epochs; 0 means chosen from the data"),
+    (["train.fine_tune_epochs=3", "model.fine_tune_blocks=2"], "needs pretrained weights: set model.weights"),
+])
+def test_a_bad_override_is_refused_as_the_config_loads_with_the_field_and_the_value(overrides, message):
+    with pytest.raises(UserError) as error:
+        load_config(None, overrides)
+    assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_a_config_file_is_checked_as_overrides_are(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("train: {optimizer: adagrad}\n")
+    with pytest.raises(UserError, match="unknown train.optimizer 'adagrad'. Valid optimizers"):
+        load_config(path)
+    path.write_text("train: {optimizer: sgd}\n")
+    with pytest.raises(UserError, match="unknown train.optimizer 'adagrad'"):  # --set is checked after the file
+        load_config(path, ["train.optimizer=adagrad"])
+
+
+def test_every_valid_choice_is_one_the_code_acting_on_it_handles():
+    """A choice added to config.py without the code for it fails here, not in a user's run."""
+    import keras
+
+    from keras_caltech import config as config_module
+    from keras_caltech.data.pipeline import NORMALIZATION_MODES
+    from keras_caltech.evaluation.tta import TTA_VIEWS
+    from keras_caltech.training.optim import make_optimizer
+
+    assert tuple(NORMALIZATION_MODES) == config_module.NORMALIZATIONS
+    assert tuple(TTA_VIEWS) == config_module.TTA_MODES
+    for optimizer in config_module.OPTIMIZERS:
+        for schedule in config_module.SCHEDULES:
+            train = load_config(None, [f"train.optimizer={optimizer}", f"train.schedule={schedule}"]).train
+            assert isinstance(make_optimizer(train, steps_per_epoch=10), keras.optimizers.Optimizer)
+    for dotted in config_module.CHOICES:  # each names a real field
+        section, field = dotted.split(".")
+        assert hasattr(getattr(config_module.Config(), section), field)
+
+
+def test_train_help_lists_every_config_field_with_its_default_read_from_the_dataclasses(capsys):
+    import dataclasses
+
+    import train
+    from keras_caltech.config import Config
+
+    assert train.main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for section in dataclasses.fields(Config):
+        if dataclasses.is_dataclass(section.type):
+            for field in dataclasses.fields(section.type):
+                assert f"    {section.name}.{field.name} = " in out, f"{section.name}.{field.name} missing from --help"
+    assert "  name = default\n" in out
+    assert "    train.optimizer = adam  (adam | adamw | sgd)\n" in out
+    assert "    data.image_size = 224  (0: chosen from the data)\n" in out
+    assert "    model.dropout = none\n" in out and '    data.root = ""\n' in out
+    assert "    train.learning_rate = 0.001\n" in out and "    data.exclude_classes = []\n" in out

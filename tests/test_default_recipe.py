@@ -71,11 +71,14 @@ def test_the_auto_cache_holds_images_in_memory_only_when_they_fit():
 
 
 def test_progressive_resizing_needs_an_explicit_size_and_epochs():
-    config = load_config(None, ["data.image_size=0", "train.progressive_sizes=[32,64]",
-                                "train.progressive_epochs=[1,1]", "train.epochs=2"])
     with pytest.raises(UserError, match=r"progressive resizing .* needs an explicit data.image_size; "
                                         r"0 means chosen from the data. Set --set data.image_size=N"):
-        auto.check_auto(config)
+        load_config(None, ["data.image_size=0", "train.progressive_sizes=[32,64]",
+                           "train.progressive_epochs=[1,1]", "train.epochs=2"])
+    with pytest.raises(UserError, match=r"needs an explicit data.image_size and train.epochs; .* "
+                                        r"Set --set data.image_size=N --set train.epochs=N"):
+        load_config(None, ["data.image_size=0", "train.epochs=0", "train.progressive_sizes=[32,64]",
+                           "train.progressive_epochs=[1,1]"])
 
 
 def test_data_without_a_config_trains_the_default_recipe_with_settings_chosen_from_the_data(

@@ -16,8 +16,8 @@ from conftest import copy_run
 import explain
 from keras_caltech.data.pipeline import crop_window, load_image
 from keras_caltech.explain.gallery import choose_sample
-from keras_caltech.explain.metrics import box_share, mosaic_groups, scale_box
-from keras_caltech.explain.report import read_image
+from keras_caltech.explain.assess import box_share, mosaic_groups, scale_box
+from keras_caltech.explain.image_files import read_image
 from keras_caltech.models.loading import load_model_safely
 
 
@@ -76,8 +76,8 @@ def test_images_are_read_by_the_training_pipeline_and_keep_their_original(test_s
     with Image.open(paths[0]) as opened:
         assert image.original.shape == (opened.height, opened.width, 3)
     assert image.original.dtype == np.uint8
-    cropped = read_image(paths[0], 32, crop_from=40)  # a run trained on crops: its central crop
-    np.testing.assert_array_equal(cropped.pixels, load_image(paths[0], 32, crop_from=40))
+    cropped = read_image(paths[0], 32, resize_crop=40)  # a run trained on crops: its central crop
+    np.testing.assert_array_equal(cropped.pixels, load_image(paths[0], 32, resize_crop=40))
     x0, y0, x1, y1 = np.round(crop_window(opened.width, opened.height, 32, 40)).astype(int)
     np.testing.assert_array_equal(cropped.original, image.original[y0:y1, x0:x1])
 
@@ -157,8 +157,8 @@ def test_boxes_are_scaled_from_the_saved_image_to_the_square_input():
 def test_boxes_follow_the_central_crop_of_a_run_trained_on_crops():
     # 200 x 100 seen through crop_window (20, 10, 180, 90): 160 x 80 pixels -> 32 px.
     entry = {"box": [20, 10, 100, 50], "width": 200, "height": 100}
-    assert scale_box(entry, 32, crop_from=40) == [0.0, 0.0, 15.5, 15.5]
-    assert scale_box({"box": [0, 0, 15, 100], "width": 200, "height": 100}, 32, crop_from=40) is None
+    assert scale_box(entry, 32, resize_crop=40) == [0.0, 0.0, 15.5, 15.5]
+    assert scale_box({"box": [0, 0, 15, 100], "width": 200, "height": 100}, 32, resize_crop=40) is None
 
 
 def test_mosaics_take_four_different_classes_and_never_reuse_an_image():
@@ -210,10 +210,10 @@ def test_evaluate_writes_every_section_with_finite_numbers_and_prints_the_table(
 
 def test_evaluate_without_boxes_skips_localisation_but_keeps_the_grid_pointing_game(
         run_dir, monkeypatch):
-    from keras_caltech.explain import metrics, runs
-    monkeypatch.setattr(metrics, "load_boxes", lambda root: {})  # as for Caltech
-    monkeypatch.setattr(metrics, "_sanity", lambda *args: {"skipped in this test": True})
-    scores = metrics.evaluate_run(runs.open_explained_run(run_dir), max_images=8)
+    from keras_caltech.explain import assess, runs
+    monkeypatch.setattr(assess, "load_boxes", lambda root: {})  # as for Caltech
+    monkeypatch.setattr(assess, "_sanity", lambda *args: {"skipped in this test": True})
+    scores = assess.assess_run(runs.open_explained_run(run_dir), max_images=8)
     assert "skipped" in scores["localisation"] and "grid_pointing_game" in scores["localisation"]["skipped"]
     assert scores["grid_pointing_game"]["num_mosaics"] == 2
 
@@ -261,8 +261,8 @@ def test_user_errors_are_one_line_with_exit_code_2(run_dir, bad_images, capsys, 
 
 
 def test_a_model_file_in_a_run_folder_is_explained_on_that_runs_central_crop(tmp_path):
-    from keras_caltech.explain.runs import crop_from_beside
+    from keras_caltech.explain.runs import resize_crop_beside
 
-    assert crop_from_beside(tmp_path / "best.keras") == 0  # no config beside: the whole image
+    assert resize_crop_beside(tmp_path / "best.keras") == 0  # no config beside: the whole image
     (tmp_path / "config.yaml").write_text("data:\n  image_size: 32\naugment:\n  resize_crop: 40\n")
-    assert crop_from_beside(tmp_path / "best.keras") == 40
+    assert resize_crop_beside(tmp_path / "best.keras") == 40

@@ -2,12 +2,13 @@
 
 import json
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
 import explain
-from keras_caltech.explain.report import METHODS, read_image
+from keras_caltech.explain.image_files import METHODS, read_image
 from keras_caltech.models import create_model
 
 CLASS_NAMES = ["cat", "dog", "ferret"]
@@ -92,6 +93,19 @@ def test_an_output_dir_that_cannot_be_a_folder_is_one_error_line(saved, tmp_path
     code = explain.main(["--image", images[0], "--model", str(model_path), "--output-dir", str(path)])
     error = capsys.readouterr().err
     assert code == 2 and error.startswith(message.format(path=path)) and error.count("\n") == 1, error
+
+
+def test_a_model_the_pipeline_cannot_feed_fails_before_any_figure(saved, tmp_path, capsys):
+    _, images = saved
+    inputs = keras.Input((32, 40, 3))
+    logits = keras.layers.Dense(3)(keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3)(inputs)))
+    keras.Model(inputs, logits, name="wide").save(tmp_path / "wide.keras")
+    code = explain.main(["--image", images[0], "--model", str(tmp_path / "wide.keras"),
+                         "--output-dir", str(tmp_path / "figures")])
+    error = capsys.readouterr().err
+    assert code == 2 and error == ("error: model 'wide' takes images of shape (32, 40, 3); explain.py "
+                                   "needs a fixed square input, as train.py builds\n")
+    assert not list((tmp_path / "figures").glob("*.png"))
 
 
 def test_missing_files_return_2(tmp_path, capsys, saved):

@@ -354,7 +354,7 @@ def test_export_staging_folder_is_removed_when_the_version_appears_meanwhile(exp
         def write_out(self, path, verbose=False):
             (tmp_path / "tiny" / "1").mkdir(parents=True)
 
-    monkeypatch.setattr(saved_model, "build_archive", lambda model, class_names, crop_from=0: SlowArchive())
+    monkeypatch.setattr(saved_model, "build_archive", lambda model, class_names, resize_crop=0: SlowArchive())
     with pytest.raises(UserError, match="appeared while exporting"):
         saved_model.export_model(None, [], tmp_path, "tiny", version=1)
     assert [path.name for path in (tmp_path / "tiny").iterdir()] == ["1"]
@@ -376,10 +376,10 @@ def test_the_serving_benchmark_runs_end_to_end_on_a_tiny_configuration(exported,
 
 def test_a_run_trained_on_crops_is_served_its_central_crop_as_in_evaluation(exported, best_model, tmp_path):
     version_dir = saved_model.export_model(best_model, exported["class_names"], tmp_path, "cropped",
-                                           crop_from=IMAGE_SIZE + 8)
+                                           resize_crop=IMAGE_SIZE + 8)
     loaded = tf.saved_model.load(str(version_dir))
     files = exported["good_files"][:4]
-    images = np.stack([load_image(path, IMAGE_SIZE, crop_from=IMAGE_SIZE + 8) for path in files])
+    images = np.stack([load_image(path, IMAGE_SIZE, resize_crop=IMAGE_SIZE + 8) for path in files])
     expected = tf.nn.softmax(best_model(images, training=False)).numpy()
     served = loaded.signatures["serving_default"](
         image_bytes=tf.constant([open(path, "rb").read() for path in files]))

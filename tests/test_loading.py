@@ -12,7 +12,7 @@ import pytest
 
 from keras_caltech.errors import UserError
 from keras_caltech.models import create_model
-from keras_caltech.models.loading import load_model_safely
+from keras_caltech.models.loading import load_model_safely, model_image_size
 
 
 def test_a_registered_model_round_trips_with_its_custom_layers(tmp_path):
@@ -73,3 +73,30 @@ def test_a_zip_without_a_keras_config_is_a_user_error(tmp_path):
 
     with pytest.raises(UserError, match="could not load model"):
         load_model_safely(path)
+
+
+def image_model(*input_shapes):
+    """A tiny model on one image input per shape (without the batch axis)."""
+    inputs = [keras.Input(shape) for shape in input_shapes]
+    features = [keras.layers.GlobalAveragePooling2D()(image) for image in inputs]
+    merged = features[0] if len(features) == 1 else keras.layers.Concatenate()(features)
+    return keras.Model(inputs[0] if len(inputs) == 1 else inputs, keras.layers.Dense(2)(merged), name="tiny")
+
+
+def test_the_image_size_is_the_side_of_a_fixed_square_input():
+    assert model_image_size(create_model("mycnn", num_classes=3, image_size=32)) == 32
+    sequential = keras.Sequential([keras.Input((24, 24, 3)), keras.layers.Conv2D(2, 3)])
+    assert model_image_size(sequential) == 24
+
+
+@pytest.mark.parametrize("model, received", [
+    (lambda: image_model((None, None, 3)), "takes images of shape (None, None, 3)"),
+    (lambda: image_model((32, 40, 3)), "takes images of shape (32, 40, 3)"),
+    (lambda: image_model((32, 32, 3), (32, 32, 3)), "takes 2 inputs"),
+    (lambda: keras.Sequential([keras.layers.Conv2D(2, 3)], name="tiny"), "has no defined input shape"),
+], ids=["flexible", "not_square", "two_inputs", "never_built"])
+def test_a_model_the_pipeline_cannot_feed_is_refused_naming_who_needs_the_size(model, received):
+    with pytest.raises(UserError) as error:
+        model_image_size(model(), "explain.py")
+    assert str(error.value) == (f"model 'tiny' {received}; explain.py needs a fixed square input, "
+                                "as train.py builds")

@@ -231,15 +231,24 @@ def test_progressive_stages_share_one_schedule_and_scale_the_crop():
     (["train.fine_tune_epochs=3", "model.fine_tune_blocks=2"], "needs pretrained weights: set model.weights"),
     (["model.name=resnet50_imagenet", "model.weights=imagenet", "train.fine_tune_epochs=3"],
      "needs both train.fine_tune_epochs >= 1 and model.fine_tune_blocks"),
+    (["model.name=resnet50_imagenet", "model.weights=imagenet", "train.fine_tune_epochs=3",
+      "model.fine_tune_blocks=-2"], r"model.fine_tune_blocks must be -1 \(all\) or a number of blocks >= 1"),
     (["model.name=resnet50_imagenet", "model.weights=imagenet", "model.init_from=runs/x"],
      "both set the starting weights"),
-    (["model.name=resnet18", "model.weights=imagenet"], "'resnet18' is trained from scratch"),
     (["train.progressive_sizes=[112, 224]", "train.progressive_epochs=[10]"], "one entry per stage"),
+    (["data.image_size=224", "train.epochs=10", "train.progressive_sizes=[0, 224]", "train.progressive_epochs=[5, 5]"],
+     "progressive sizes and epochs must be positive"),
     (["data.image_size=224", "train.progressive_sizes=[112, 160]", "train.progressive_epochs=[10, 10]"],
      "the last of train.progressive_sizes must be data.image_size=224"),
     (["data.image_size=224", "train.epochs=30", "train.progressive_sizes=[112, 224]",
       "train.progressive_epochs=[10, 10]"], "must add up to train.epochs=30"),
 ])
-def test_phase_settings_that_contradict_each_other_are_refused(overrides, message):
+def test_phase_settings_that_contradict_each_other_are_refused_as_the_config_loads(overrides, message):
     with pytest.raises(UserError, match=message):
-        phases.plan_phases(load_config(None, overrides))
+        load_config(None, overrides)
+
+
+def test_pretrained_weights_for_a_model_trained_from_scratch_are_refused_when_the_phases_are_planned():
+    config = load_config(None, ["model.name=resnet18", "model.weights=imagenet"])  # the model registry knows, not the config
+    with pytest.raises(UserError, match="'resnet18' is trained from scratch"):
+        phases.plan_phases(config)

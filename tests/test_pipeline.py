@@ -44,26 +44,26 @@ def test_a_run_trained_on_crops_is_evaluated_on_the_central_crop_everywhere(test
     from keras_caltech.evaluation.tta import tta_views
 
     result, _, view = test_view
-    cropped = pipeline.make_dataset(view, result.class_names, 32, 64, crop_from=40)
+    cropped = pipeline.make_dataset(view, result.class_names, 32, 64, resize_crop=40)
     images, _ = next(iter(cropped))
     whole, _ = next(iter(pipeline.make_dataset(view, result.class_names, 32, 64, load_size=40)))
     np.testing.assert_array_equal(images.numpy(), whole.numpy()[:, 4:36, 4:36])
     np.testing.assert_array_equal(tta_views(whole, "10crop", 32).numpy()[4 * len(whole):5 * len(whole)],
                                   images.numpy())  # the same view as 10-crop's centre crop
     for index, path in enumerate(cropped.file_paths[:3]):
-        np.testing.assert_array_equal(images[index].numpy(), pipeline.load_image(path, 32, crop_from=40))
-    plain, _ = next(iter(pipeline.make_dataset(view, result.class_names, 32, 64, crop_from=32)))
+        np.testing.assert_array_equal(images[index].numpy(), pipeline.load_image(path, 32, resize_crop=40))
+    plain, _ = next(iter(pipeline.make_dataset(view, result.class_names, 32, 64, resize_crop=32)))
     np.testing.assert_array_equal(plain.numpy(), next(iter(pipeline.make_dataset(
-        view, result.class_names, 32, 64)))[0].numpy())  # a crop_from not above the size: no crop
+        view, result.class_names, 32, 64)))[0].numpy())  # a resize_crop not above the size: no crop
 
 
 def test_the_crop_window_is_the_part_of_the_original_the_model_sees():
     # 200 x 100 resized to 40 x 40, middle 32 kept: pixels 4-36 of 40 -> x 20-180, y 10-90.
-    assert pipeline.crop_window(200, 100, 32, crop_from=40) == (20.0, 10.0, 180.0, 90.0)
+    assert pipeline.crop_window(200, 100, 32, resize_crop=40) == (20.0, 10.0, 180.0, 90.0)
     assert pipeline.crop_window(200, 100, 32) == (0.0, 0.0, 200.0, 100.0)
     image = np.zeros((100, 200, 3), np.uint8)
     image[45:55, 95:105] = 255  # a white square in the middle stays in the middle
-    view = pipeline.resize_for_model(image, 32, crop_from=40).numpy()
+    view = pipeline.resize_for_model(image, 32, resize_crop=40).numpy()
     assert view.shape == (32, 32, 3) and view[16, 16, 0] == 255 and view[0, 0, 0] == 0
 
 

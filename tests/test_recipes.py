@@ -23,8 +23,7 @@ from keras_caltech.data.augment import build_augmenter
 from keras_caltech.data.pipeline import EpochBatches, load_image, materialize_split
 from keras_caltech.errors import UserError
 from keras_caltech.training.optim import AdamWithL2, SGDWithL2, make_optimizer
-from keras_caltech.training.recipes import (batch_transform, build_batch_mixer, check_recipe, class_weights,
-                                            loss_and_metrics)
+from keras_caltech.training.recipes import batch_transform, build_batch_mixer, class_weights, loss_and_metrics
 
 TINY = ["--set", "data.image_size=32", "--set", "data.batch_size=8", "--set", "train.epochs=1",
         "--set", "data.cache_dir=", "--set", "train.tensorboard=false", "--set", "export.enabled=false"]
@@ -137,9 +136,9 @@ def test_adam_decays_through_its_gradient_and_adamw_decays_the_weight_directly()
     ("train.schedule=poly", "Valid schedules: constant, step, onecycle, cosine"),
     ("train.weight_decay=-1", "train.weight_decay must be >= 0"),
 ])
-def test_unknown_optimizers_and_schedules_list_the_valid_ones(override, message):
+def test_unknown_optimizers_and_schedules_list_the_valid_ones_as_the_config_loads(override, message):
     with pytest.raises(UserError, match=message):
-        make_optimizer(train_config(override), STEPS_PER_EPOCH)
+        load_config(None, [override])
 
 
 # --- Loss, labels and batch mixing ----------------------------------------------------
@@ -227,9 +226,9 @@ def test_no_mixing_is_configured_by_default():
     (["train.class_weight=inverse"], "Valid modes: none, balanced"),
     (["train.class_weight=balanced", "data.balanced_sampling=true"], "use one of them"),
 ])
-def test_recipe_settings_out_of_range_are_refused(overrides, message):
+def test_recipe_settings_out_of_range_are_refused_as_the_config_loads(overrides, message):
     with pytest.raises(UserError, match=re.escape(message)):
-        check_recipe(load_config(None, overrides))
+        load_config(None, overrides)
 
 
 # --- Augmentation ---------------------------------------------------------------------
@@ -253,9 +252,9 @@ def test_rand_augment_and_random_erasing_keep_shapes_and_the_0_255_range(inside_
     assert all(not np.array_equal(out, original) for out, original in zip(output, images))
 
 
-def test_erasing_probability_out_of_range_is_refused():
+def test_erasing_probability_out_of_range_is_refused_as_the_config_loads():
     with pytest.raises(UserError, match="augment.random_erasing must be between 0 and 1"):
-        build_augmenter(load_config(None, ["augment.random_erasing=1.5"]).augment, 32)
+        load_config(None, ["augment.random_erasing=1.5"])
 
 
 # --- Class imbalance --------------------------------------------------------------------
@@ -340,7 +339,7 @@ def test_validation_of_a_run_trained_on_crops_sees_the_central_crop(tiny_dataset
     train_batches, val_data = make_fit_data(config, views, result.class_names, tmp_path / "cache", 32)
     images, _ = next(iter(val_data))
     first = sorted((views["val"] / result.class_names[0]).iterdir())[0]
-    np.testing.assert_array_equal(images[0].numpy(), load_image(first, 32, crop_from=40))
+    np.testing.assert_array_equal(images[0].numpy(), load_image(first, 32, resize_crop=40))
     assert next(iter(train_batches(0)))[0].shape[1:] == (32, 32, 3)
 
 

@@ -7,8 +7,8 @@ from PIL import Image
 
 import keras
 from keras_caltech.errors import UserError
-from keras_caltech.evaluation.tta import (check_tta_mode, predict_with_tta, ten_crop, tta_load_size,
-                                          tta_views)
+from keras_caltech.config import check_choice
+from keras_caltech.evaluation.tta import predict_with_tta, ten_crop, tta_load_size, tta_views
 
 
 def arange_images(batch, side, channels=3):
@@ -65,7 +65,7 @@ def test_ten_crop_resizes_to_256_over_224_of_the_input_or_to_the_training_crop_s
 
 def test_an_unknown_tta_mode_is_refused_with_the_valid_modes_listed():
     with pytest.raises(UserError, match=r"unknown TTA mode '5crop'. Valid modes: none, flip, 10crop"):
-        check_tta_mode("5crop")
+        check_choice("eval.tta", "5crop")  # as evaluate and ensemble check --tta
 
 
 def top_left_mean_model(image_size, region):
@@ -112,3 +112,11 @@ def test_tta_on_a_position_dependent_model_gives_the_hand_computed_average(tmp_p
     assert [path.name for path in files] == ["0.png", "1.png", "2.png"] and list(labels) == [0, 0, 0]
     expected = [hand_computed_logits(image.astype(np.float64), mode, image_size, region) for image in images]
     np.testing.assert_allclose(logits, np.array(expected), atol=1e-3)
+
+
+def test_a_model_without_a_fixed_square_input_is_refused_before_any_image_is_read(tmp_path):
+    inputs = keras.Input((None, None, 3))
+    model = keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(inputs), name="flexible")
+    with pytest.raises(UserError, match=r"model 'flexible' takes images of shape \(None, None, 3\); "
+                                        r"evaluation needs a fixed square input"):
+        predict_with_tta(model, tmp_path, ["a"], "none", batch_size=2)  # tmp_path holds no images

@@ -8,8 +8,6 @@ is keyed per batch (:func:`augment_batch`), so a resumed run replays it exactly.
 import keras
 import tensorflow as tf
 
-from keras_caltech.errors import UserError
-
 
 def build_augmenter(augment, image_size, seed=0):
     """Returns a Sequential of random layers for ``augment`` (an AugmentConfig), or None.
@@ -22,9 +20,9 @@ def build_augmenter(augment, image_size, seed=0):
     Returns:
         A ``keras.Sequential`` mapping (batch, load, load, 3) 0-255 images to
         (batch, image_size, image_size, 3) 0-255 images, or None when nothing is enabled.
-        ``load`` is :func:`load_size` of the same config.
+        ``load`` is :func:`load_size` of the same config. The section's ranges were
+        checked when the config was loaded.
     """
-    _check_ranges(augment)
     steps = []
     if augment.random_resized_crop:
         # Core Keras has no random-resized-crop; keras-cv does (imported only when used: it is slow to load).
@@ -81,18 +79,6 @@ def build_augmenter(augment, image_size, seed=0):
 def load_size(augment, image_size):
     """The side images are decoded to before augmentation: larger when a crop follows."""
     return max(augment.resize_crop, image_size)
-
-
-def _check_ranges(augment):
-    """Raises UserError for augmentation settings outside their ranges."""
-    if augment.rand_augment_ops < 0:
-        raise UserError(f"augment.rand_augment_ops must be >= 0 (0 = off, 2 is usual). "
-                        f"Received: {augment.rand_augment_ops}")
-    for name in ("rand_augment_factor", "random_erasing", "rotation", "translation", "zoom", "shear",
-                 "color_jitter"):
-        value = getattr(augment, name)
-        if not 0.0 <= value <= 1.0:
-            raise UserError(f"augment.{name} must be between 0 and 1. Received: {value}")
 
 
 def keyed_randomness(layers, key):

@@ -16,10 +16,10 @@ training, evaluation, explanation or serving, is decoded by ``tf.io.decode_image
 ``image_dataset_from_directory`` does; :func:`decode_and_resize` is that function for
 callers outside the pipeline. Normalization is the model's own first layer.
 
-A run that trained on random crops of a larger resize (``augment.resize_crop``) is
-evaluated, explained and served on the central crop of that resize (``crop_from``), so
-objects keep the scale training showed them at; 10-crop testing's centre view is that
-same crop.
+A run that trained on random crops of a larger resize (``augment.resize_crop``, the
+``resize_crop`` argument below) is evaluated, explained and served on the central crop
+of that resize, so objects keep the scale training showed them at; 10-crop testing's
+centre view is that same crop.
 """
 
 import os
@@ -30,17 +30,17 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_caltech.config import CACHE_MODES
 from keras_caltech.data.augment import augment_batch
 from keras_caltech.data.sampling import balanced_order
 from keras_caltech.errors import UserError
 
-# Normalization modes: (mean, std) per RGB channel in 0-1 units; "dataset" is computed.
+# (mean, std) per RGB channel in 0-1 units of each of config.NORMALIZATIONS; "dataset" is computed.
 NORMALIZATION_MODES = {
     "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
     "half": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
     "dataset": None,
 }
-CACHE_MODES = ("none", "memory", "disk")
 # Decoded images held for reshuffling a cached training split (memory: buffer x image bytes).
 CACHED_SHUFFLE_BUFFER = 4096
 
@@ -72,55 +72,55 @@ def centre_crop(images, size):
     return images[..., offset:offset + size, offset:offset + size, :]
 
 
-def resize_for_model(images, image_size, crop_from=0):
+def resize_for_model(images, image_size, resize_crop=0):
     """Resizes decoded images to the model's test view.
 
     Args:
         images: tensor (height, width, 3) or (batch, height, width, 3), any dtype.
         image_size: side of the model's square input.
-        crop_from: the run's ``augment.resize_crop``: when larger than ``image_size``,
+        resize_crop: the run's ``augment.resize_crop``: when larger than ``image_size``,
             resize to that side and take the central ``image_size`` crop; else resize
             straight to ``image_size``.
 
     Returns:
         float32 tensor (..., image_size, image_size, 3), values as given (0-255).
     """
-    if crop_from > image_size:
-        return centre_crop(tf.image.resize(images, (crop_from, crop_from), method="bilinear"), image_size)
+    if resize_crop > image_size:
+        return centre_crop(tf.image.resize(images, (resize_crop, resize_crop), method="bilinear"), image_size)
     return tf.image.resize(images, (image_size, image_size), method="bilinear")
 
 
-def crop_window(width, height, image_size, crop_from=0):
+def crop_window(width, height, image_size, resize_crop=0):
     """The part of a ``width`` x ``height`` image that :func:`resize_for_model` keeps.
 
     Returns:
         (x0, y0, x1, y1) float, in the image's pixels: the whole image unless
-        ``crop_from > image_size``.
+        ``resize_crop > image_size``.
     """
-    if crop_from <= image_size:
+    if resize_crop <= image_size:
         return 0.0, 0.0, float(width), float(height)
-    start, end = (crop_from - image_size) // 2, (crop_from - image_size) // 2 + image_size
-    x_scale, y_scale = width / crop_from, height / crop_from
+    start, end = (resize_crop - image_size) // 2, (resize_crop - image_size) // 2 + image_size
+    x_scale, y_scale = width / resize_crop, height / resize_crop
     return start * x_scale, start * y_scale, end * x_scale, end * y_scale
 
 
-def decode_and_resize(encoded, image_size, crop_from=0):
+def decode_and_resize(encoded, image_size, resize_crop=0):
     """Decodes image bytes and resizes them the way the evaluation pipeline does.
 
     Args:
         encoded: scalar string tensor: JPEG, PNG, GIF (first frame) or BMP bytes.
         image_size: side of the square output.
-        crop_from: see :func:`resize_for_model`.
+        resize_crop: see :func:`resize_for_model`.
 
     Returns:
         float32 tensor (image_size, image_size, 3), RGB, values 0-255.
     """
-    return resize_for_model(decode(encoded), image_size, crop_from)  # decoded: (h, w, 3) uint8
+    return resize_for_model(decode(encoded), image_size, resize_crop)  # decoded: (h, w, 3) uint8
 
 
-def load_image(path, image_size, crop_from=0):
+def load_image(path, image_size, resize_crop=0):
     """Reads one image file as the model sees it: float32 (size, size, 3) in 0-255."""
-    return decode_and_resize(tf.io.read_file(str(path)), image_size, crop_from).numpy()
+    return decode_and_resize(tf.io.read_file(str(path)), image_size, resize_crop).numpy()
 
 
 def materialize_split(root, pairs, class_names, view_dir):
@@ -153,7 +153,7 @@ def _int32_labels(image, label):
 
 
 def make_dataset(view_dir, class_names, image_size, batch_size, *, cache="none", cache_path=None,
-                 load_size=None, crop_from=0):
+                 load_size=None, resize_crop=0):
     """Builds the batched pipeline of one split view in file order, unaugmented (evaluation, statistics).
 
     Args:
@@ -166,7 +166,7 @@ def make_dataset(view_dir, class_names, image_size, batch_size, *, cache="none",
         cache_path: file prefix for the disk cache.
         load_size: side to decode and resize to, left uncropped (e.g. larger for
             10-crop testing); defaults to ``image_size``.
-        crop_from: the run's ``augment.resize_crop``: when larger than ``image_size``,
+        resize_crop: the run's ``augment.resize_crop``: when larger than ``image_size``,
             images are resized to it and centre-cropped to ``image_size`` (see
             :func:`resize_for_model`); ignores ``load_size``.
 
@@ -176,8 +176,8 @@ def make_dataset(view_dir, class_names, image_size, batch_size, *, cache="none",
         (as on the dataset ``image_dataset_from_directory`` returns).
     """
     _check_cache_mode(cache)
-    cropped = crop_from > image_size
-    load_size = crop_from if cropped else load_size or image_size
+    cropped = resize_crop > image_size
+    load_size = resize_crop if cropped else load_size or image_size
     dataset = keras.utils.image_dataset_from_directory(
         view_dir, labels="inferred", label_mode="int", class_names=class_names,
         batch_size=None, image_size=(load_size, load_size), shuffle=False,

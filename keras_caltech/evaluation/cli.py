@@ -4,10 +4,8 @@ Each is ``main(argv) -> exit code``: 0 done, 2 a user error (one line starting `
 on stderr, no traceback), 130 interrupted.
 """
 
-import argparse
-import sys
-
 from keras_caltech.cli import ArgumentParser, import_tensorflow_quietly, run_command
+from keras_caltech.config import check_choice
 from keras_caltech.errors import UserError
 
 DATA_HELP = ("the dataset folder, if it moved since training (default: the folder in the run's "
@@ -15,9 +13,12 @@ DATA_HELP = ("the dataset folder, if it moved since training (default: the folde
 TTA_HELP = "test-time augmentation: none | flip (image + mirror) | 10crop (corners + centre + mirrors)"
 
 
-def _check_batch_size(batch_size):
-    if batch_size is not None and batch_size < 1:
-        raise UserError(f"--batch-size must be at least 1. Received: {batch_size}")
+def _check_flags(args):
+    """Refuses a bad --tta or --batch-size before TensorFlow loads. --tta is an eval.tta for this evaluation."""
+    if args.tta is not None:
+        check_choice("eval.tta", args.tta)
+    if args.batch_size is not None and args.batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1. Received: {args.batch_size}")
 
 
 def _print_metrics(results):
@@ -42,14 +43,11 @@ def _evaluate(argv):
     parser.add_argument("--batch-size", type=int, help="views per forward pass (default: the run's data.batch_size)")
     parser.add_argument("--data", help=DATA_HELP)
     args = parser.parse_args(argv)
+    _check_flags(args)
     import_tensorflow_quietly()  # after the flags: --help and flag errors need no TensorFlow
-    _check_batch_size(args.batch_size)
     from keras_caltech.evaluation.evaluate import evaluate_run
-    from keras_caltech.evaluation.tta import check_tta_mode
     from keras_caltech.runs import open_run
 
-    if args.tta is not None:
-        check_tta_mode(args.tta)  # before anything is loaded
     mode = args.tta or open_run(args.run).config.eval.tta
     metrics = evaluate_run(args.run, mode, batch_size=args.batch_size, data=args.data)
     print(f"{args.run}: {metrics['num_examples']} test images, {len(metrics['per_class_accuracy'])} classes")
@@ -68,12 +66,10 @@ def _ensemble(argv):
     parser.add_argument("--batch-size", type=int, help="views per forward pass (default: each run's data.batch_size)")
     parser.add_argument("--data", help=DATA_HELP.replace("the run's", "each run's"))
     args = parser.parse_args(argv)
+    _check_flags(args)
     import_tensorflow_quietly()  # after the flags: --help and flag errors need no TensorFlow
-    _check_batch_size(args.batch_size)
     from keras_caltech.evaluation.ensemble import evaluate_ensemble
-    from keras_caltech.evaluation.tta import check_tta_mode
 
-    check_tta_mode(args.tta)
     metrics, _, output_dir = evaluate_ensemble(args.runs, args.tta, args.output, batch_size=args.batch_size, data=args.data)
     print(f"{'run':<40}{'top-1':>8}{'mean/class':>12}")
     for member in metrics["members"]:

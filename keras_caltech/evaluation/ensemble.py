@@ -20,7 +20,6 @@ from keras_caltech.errors import UserError
 from keras_caltech.evaluation import report
 from keras_caltech.evaluation.evaluate import Predictions, materialize_test_split, predict_run
 from keras_caltech.evaluation.metrics import classification_metrics
-from keras_caltech.evaluation.tta import check_tta_mode
 from keras_caltech.models.loading import load_model_safely
 from keras_caltech.runs import create_run_folder, open_run, write_json
 
@@ -107,13 +106,12 @@ def evaluate_ensemble(run_dirs, tta="none", output_dir=None, *, batch_size=None,
         (the metrics dict written to ``metrics.json``, the ensemble's Predictions, the output folder).
 
     Raises:
-        UserError: bad mode, incompatible runs, or an output folder that holds files.
+        UserError: incompatible runs, or an output folder that holds files.
     """
-    mode = check_tta_mode(tta)
     runs = open_members(run_dirs, data)
     output_dir = create_run_folder(output_dir or default_output_dir(), "--output")  # refuse a used folder before the work
     try:
-        predictions, members = ensemble_predictions(runs, mode, batch_size, log)
+        predictions, members = ensemble_predictions(runs, tta, batch_size, log)
     except BaseException:
         if not any(output_dir.iterdir()):
             output_dir.rmdir()  # leave no empty folder behind a failed ensemble
@@ -126,8 +124,8 @@ def evaluate_ensemble(run_dirs, tta="none", output_dir=None, *, batch_size=None,
         member_summaries.append({
             "run": str(run.path), "model": run.config.model.name, "image_size": int(run.config.data.image_size),
             **{key: member_metrics[key] for key in ("top1", "top5", "mean_per_class_accuracy", "loss")}})
-    metrics.update(split="test", tta_mode=mode, members=member_summaries)
+    metrics.update(split="test", tta_mode=tta, members=member_summaries)
     write_json(output_dir / "metrics.json", metrics)
-    report.write_figures(output_dir, metrics, class_names, mode)
-    report.write_ensemble_report(output_dir, member_summaries, metrics, mode, predictions, class_names, runs[0].root)
+    report.write_figures(output_dir, metrics, class_names, tta)
+    report.write_ensemble_report(output_dir, member_summaries, metrics, tta, predictions, class_names, runs[0].root)
     return metrics, predictions, output_dir

@@ -16,28 +16,9 @@ from keras_caltech.data.pipeline import materialize_split
 from keras_caltech.errors import UserError
 from keras_caltech.evaluation import report
 from keras_caltech.evaluation.metrics import classification_metrics
-from keras_caltech.evaluation.tta import check_tta_mode, model_image_size, predict_with_tta
+from keras_caltech.evaluation.tta import predict_with_tta
 from keras_caltech.models.loading import load_model_safely
 from keras_caltech.runs import open_run, read_json, write_json
-
-
-def predict_logits(model, dataset):
-    """Runs ``model`` over a batched (images, labels) dataset.
-
-    Returns:
-        (logits float32 (n, classes), labels int64 (n,)) in dataset order.
-    """
-    logits, labels = [], []
-    for images, batch_labels in dataset:
-        logits.append(np.asarray(model(images, training=False)))
-        labels.append(batch_labels.numpy())
-    return np.concatenate(logits), np.concatenate(labels).astype(np.int64)
-
-
-def evaluate_model(model, dataset, class_names):
-    """Returns :func:`classification_metrics` of ``model`` on ``dataset``."""
-    logits, labels = predict_logits(model, dataset)
-    return classification_metrics(logits, labels, class_names)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,7 +58,8 @@ def predict_run(run, model, view_dir, mode, batch_size=None):
 
     Args:
         run: a RunFolder (its config gives the batch size and ``augment.resize_crop``).
-        model: the run's loaded model; its own input size is used.
+        model: the run's loaded model; its own input size is used (a model without a
+            fixed square input is refused with a UserError).
         view_dir: a split view of the run's classes.
         mode: a TTA mode.
         batch_size: views per forward pass; default the run's ``data.batch_size``.
@@ -85,7 +67,7 @@ def predict_run(run, model, view_dir, mode, batch_size=None):
     config = run.config
     logits, labels, files = predict_with_tta(
         model, view_dir, run.class_names, mode, batch_size=batch_size or config.data.batch_size,
-        image_size=model_image_size(model, config.data.image_size), resize_crop=config.augment.resize_crop)
+        resize_crop=config.augment.resize_crop)
     return Predictions(logits=logits, labels=labels, files=files)
 
 
@@ -112,10 +94,10 @@ def evaluate_run(run_dir, tta=None, *, batch_size=None, extra=None, data=None, l
         ``tta[mode]`` the full metrics of every mode evaluated so far.
 
     Raises:
-        UserError: bad mode, not an evaluable run folder, or test images missing.
+        UserError: not an evaluable run folder, or test images missing.
     """
     run = open_run(run_dir, data, need_model=True)
-    mode = check_tta_mode(run.config.eval.tta if tta is None else tta)
+    mode = run.config.eval.tta if tta is None else tta
     model = load_model_safely(run.model_path)
     results, predictions = {}, None
     with tempfile.TemporaryDirectory(prefix="keras_caltech_eval_") as temporary:

@@ -1,15 +1,14 @@
 """The evaluation's figures and ``report.html``: the one page people look at after a run.
 
-The page is self-contained: figures and thumbnails are inlined as base64 ``data:`` URIs
-and the styles sit in the page, with no script and no external request, so the file
-can be mailed, attached to an issue or opened offline. Sections: the config summary,
+The page is self-contained (``keras_caltech.html_page``): figures and thumbnails are
+inlined as base64 ``data:`` URIs and the styles sit in the page, with no script and no
+external request, so the file can be mailed, attached to an issue or opened offline.
+Sections: the config summary,
 the metrics of every TTA mode evaluated, training curves, the confusion matrix, the
 worst classes, the most-confused pairs with thumbnails of the test images behind each
 mistake, and a gallery of the run's ``explain/`` PNGs when there are any.
 """
 
-import base64
-import html
 import pathlib
 import time
 
@@ -18,8 +17,9 @@ import tensorflow as tf
 import yaml
 
 from keras_caltech import plotting
-from keras_caltech.config import config_to_dict
-from keras_caltech.evaluation.tta import TTA_MODES, TTA_VIEWS
+from keras_caltech.config import TTA_MODES, config_to_dict
+from keras_caltech.evaluation.tta import TTA_VIEWS
+from keras_caltech.html_page import data_uri, escape, file_data_uri, page
 from keras_caltech.runs import write_atomically
 
 REPORT = "report.html"
@@ -28,7 +28,6 @@ PER_CLASS = "per_class.png"
 EXAMPLES_PER_PAIR = 4  # thumbnails per most-confused pair
 THUMBNAIL_SIDE = 96  # px, longer side
 GALLERY_MAX_IMAGES = 48  # explanation PNGs inlined; the rest are counted, not shown
-_MIME_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gif": "image/gif"}
 
 _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; padding: 0 1em; color: #222; }
@@ -62,13 +61,6 @@ def write_figures(folder, result, class_names, mode):
                                      title=f"Worst classes (TTA {mode})")
 
 
-def data_uri(path):
-    """The file at ``path`` as a base64 ``data:`` URI (PNG, JPEG or GIF)."""
-    path = pathlib.Path(path)
-    mime = _MIME_TYPES.get(path.suffix.lower(), "application/octet-stream")
-    return f"data:{mime};base64,{base64.b64encode(path.read_bytes()).decode('ascii')}"
-
-
 def thumbnail_data_uri(path, side=THUMBNAIL_SIDE):
     """A small JPEG of an image file as a ``data:`` URI, aspect ratio kept; None if unreadable.
 
@@ -81,7 +73,7 @@ def thumbnail_data_uri(path, side=THUMBNAIL_SIDE):
         return None
     small = tf.image.resize(image, (side, side), preserve_aspect_ratio=True, antialias=True)
     encoded = tf.io.encode_jpeg(tf.cast(tf.clip_by_value(tf.round(small), 0, 255), tf.uint8), quality=85)
-    return f"data:image/jpeg;base64,{base64.b64encode(encoded.numpy()).decode('ascii')}"
+    return data_uri(encoded.numpy(), "image/jpeg")
 
 
 def mistake_examples(predictions, class_names, pairs, per_pair=EXAMPLES_PER_PAIR):
@@ -108,17 +100,13 @@ def mistake_examples(predictions, class_names, pairs, per_pair=EXAMPLES_PER_PAIR
     return examples
 
 
-def _escape(value):
-    return html.escape(str(value), quote=True)
-
-
 def _table(header, rows, current_row=None):
     """An HTML table; numbers are right-aligned; ``current_row`` is highlighted; header None: none."""
-    head = "".join(f"<th>{_escape(cell)}</th>" for cell in header or ())
+    head = "".join(f"<th>{escape(cell)}</th>" for cell in header or ())
     body = []
     for position, row in enumerate(rows):
-        cells = "".join(f'<td class="number">{_escape(cell)}</td>' if isinstance(cell, (int, float))
-                        or (isinstance(cell, str) and cell.endswith("%")) else f"<td>{_escape(cell)}</td>"
+        cells = "".join(f'<td class="number">{escape(cell)}</td>' if isinstance(cell, (int, float))
+                        or (isinstance(cell, str) and cell.endswith("%")) else f"<td>{escape(cell)}</td>"
                         for cell in row)
         attribute = ' class="current"' if position == current_row else ""
         body.append(f"<tr{attribute}>{cells}</tr>")
@@ -130,8 +118,8 @@ def _figure(path, caption):
     path = pathlib.Path(path)
     if not path.is_file():
         return ""
-    return (f'<figure><img src="{data_uri(path)}" alt="{_escape(caption)}">'
-            f"<figcaption>{_escape(caption)}</figcaption></figure>")
+    return (f'<figure><img src="{file_data_uri(path)}" alt="{escape(caption)}">'
+            f"<figcaption>{escape(caption)}</figcaption></figure>")
 
 
 def _percent(value):
@@ -162,9 +150,9 @@ def confused_pairs_section(result, predictions, class_names, root=None):
             if uri is None:
                 continue
             shown = _relative_to(path, root)
-            thumbnails.append(f'<img src="{uri}" alt="{_escape(shown)}" '
-                              f'title="{_escape(shown)} (logit margin {margin:.2f})">')
-        rows.append(f"<tr><td>{_escape(pair['true'])}</td><td>{_escape(pair['predicted'])}</td>"
+            thumbnails.append(f'<img src="{uri}" alt="{escape(shown)}" '
+                              f'title="{escape(shown)} (logit margin {margin:.2f})">')
+        rows.append(f"<tr><td>{escape(pair['true'])}</td><td>{escape(pair['predicted'])}</td>"
                     f"<td class=\"number\">{pair['count']}</td><td class=\"number\">{pair['rate']:.1%}</td>"
                     f"<td class=\"thumbs\">{''.join(thumbnails)}</td></tr>")
     return ("<p>Each row: test images of the true class that the model labelled as the predicted one; "
@@ -181,21 +169,19 @@ def gallery_section(folder):
     if not images:
         return ""
     shown = images[:GALLERY_MAX_IMAGES]
-    items = "".join(f'<figure><img src="{data_uri(path)}" alt="{_escape(path.relative_to(folder))}">'
-                    f"<figcaption>{_escape(path.relative_to(folder))}</figcaption></figure>" for path in shown)
-    more = (f"<p>{len(images) - len(shown)} more PNG(s) in {_escape(folder)} are not shown.</p>"
+    items = "".join(f'<figure><img src="{file_data_uri(path)}" alt="{escape(path.relative_to(folder))}">'
+                    f"<figcaption>{escape(path.relative_to(folder))}</figcaption></figure>" for path in shown)
+    more = (f"<p>{len(images) - len(shown)} more PNG(s) in {escape(folder)} are not shown.</p>"
             if len(images) > len(shown) else "")
     return f'<div class="gallery">{items}</div>{more}'
 
 
 def render_page(title, subtitle, sections):
     """The whole HTML page; ``sections`` is a list of (heading, inner HTML), empty ones skipped."""
-    body = "".join(f"<section><h2>{_escape(heading)}</h2>{inner}</section>" for heading, inner in sections
+    body = "".join(f"<section><h2>{escape(heading)}</h2>{inner}</section>" for heading, inner in sections
                    if inner)
-    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-            f'<meta name="viewport" content="width=device-width, initial-scale=1">'
-            f"<title>{_escape(title)}</title><style>{_STYLE}</style></head><body>"
-            f'<h1>{_escape(title)}</h1><p class="subtitle">{_escape(subtitle)}</p>{body}</body></html>\n')
+    return page(title, _STYLE, f'<h1>{escape(title)}</h1><p class="subtitle">{escape(subtitle)}</p>{body}',
+                head='<meta name="viewport" content="width=device-width, initial-scale=1">')
 
 
 def _relative_to(path, root):
@@ -222,7 +208,7 @@ def _run_summary(run, metrics):
     ]
     full = yaml.safe_dump(config_to_dict(config), sort_keys=False)
     return (_table(None, rows) + "<details><summary>full config.yaml</summary>"
-            f"<pre>{_escape(full)}</pre></details>")
+            f"<pre>{escape(full)}</pre></details>")
 
 
 def write_run_report(run, metrics, mode, predictions):
@@ -270,7 +256,7 @@ def write_ensemble_report(folder, members, metrics, mode, predictions, class_nam
     sections = [
         ("Members", _table(["run", "model", "input px", "top-1", "mean per-class"], member_rows + ensemble_row,
                            current_row=len(member_rows))
-         + f"<p>Test split shared by all members: {metrics['num_examples']} images, TTA {_escape(mode)}.</p>"),
+         + f"<p>Test split shared by all members: {metrics['num_examples']} images, TTA {escape(mode)}.</p>"),
         *_analysis_sections(folder, metrics, predictions, class_names, mode, root),
     ]
     path = folder / REPORT

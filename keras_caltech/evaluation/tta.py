@@ -25,18 +25,11 @@ import numpy as np
 import tensorflow as tf
 
 from keras_caltech.data.pipeline import make_dataset
-from keras_caltech.errors import UserError
+from keras_caltech.models.loading import model_image_size
 
-# mode -> number of views per image
+# mode -> number of views per image, for each of config.TTA_MODES. A config's eval.tta is
+# one of them once loaded, and the commands check --tta as they parse it.
 TTA_VIEWS = {"none": 1, "flip": 2, "10crop": 10}
-TTA_MODES = tuple(TTA_VIEWS)
-
-
-def check_tta_mode(mode):
-    """Returns ``mode`` if it is a TTA mode; raises UserError listing the valid ones."""
-    if mode not in TTA_VIEWS:
-        raise UserError(f"unknown TTA mode {mode!r}. Valid modes: {', '.join(TTA_MODES)}")
-    return mode
 
 
 def tta_load_size(mode, image_size, resize_crop=0):
@@ -95,7 +88,6 @@ def tta_views(images, mode, crop_size):
         Tensor (views * batch, crop_size, crop_size, 3); rows ``[v * batch, (v + 1) * batch)``
         are view ``v`` of every image, so the logits reshape to (views, batch, classes).
     """
-    check_tta_mode(mode)
     if mode == "none":
         return images
     if mode == "flip":
@@ -123,9 +115,10 @@ def tta_dataset(view_dir, class_names, image_size, mode, images_per_batch, resiz
         labels int32 (batch,)), with attribute ``file_paths`` in dataset order.
     """
     load_size = tta_load_size(mode, image_size, resize_crop)
-    crop_from = 0 if mode == "10crop" else resize_crop
+    # 10-crop cuts its own views from the whole load_size resize; the other modes take the
+    # run's central crop of its resize_crop, as plain evaluation does.
     dataset = make_dataset(view_dir, class_names, image_size, images_per_batch, load_size=load_size,
-                           crop_from=crop_from)
+                           resize_crop=0 if mode == "10crop" else resize_crop)
     file_paths = dataset.file_paths
     dataset = dataset.map(lambda images, labels: (tta_views(images, mode, image_size), labels),
                           num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
@@ -140,7 +133,7 @@ def tta_forward(model, mode, image_size):
     classes) float32. Its signature leaves the batch free, so it is traced once, not
     again for the last, smaller batch.
     """
-    num_views = TTA_VIEWS[check_tta_mode(mode)]
+    num_views = TTA_VIEWS[mode]
 
     @tf.function(input_signature=[tf.TensorSpec((None, image_size, image_size, 3), tf.float32)])
     def forward(views):
@@ -153,15 +146,7 @@ def tta_forward(model, mode, image_size):
 
 def images_per_batch(batch_size, mode):
     """Images per evaluation batch, so one forward pass holds about ``batch_size`` views."""
-    return max(1, batch_size // TTA_VIEWS[check_tta_mode(mode)])
-
-
-def model_image_size(model, fallback):
-    """The square input side of ``model``, or ``fallback`` when its input size is flexible."""
-    height, width = model.input_shape[1:3]
-    if height is None or height != width:
-        return fallback
-    return int(height)
+    return max(1, batch_size // TTA_VIEWS[mode])
 
 
 def predict_with_tta(model, view_dir, class_names, mode, *, batch_size, image_size=None, resize_crop=0):
@@ -173,16 +158,18 @@ def predict_with_tta(model, view_dir, class_names, mode, *, batch_size, image_si
         class_names: class folder names in label order.
         mode: a TTA mode.
         batch_size: views per forward pass (images per batch is this divided by the views).
-        image_size: the model's input side; default: read from the model.
+        image_size: the model's input side; default: read from the model
+            (``models.loading.model_image_size``).
         resize_crop: the run config's ``augment.resize_crop``.
 
     Returns:
         (logits float32 (n, classes) averaged over views, labels int64 (n,),
         files: the images' paths, resolved through the view's links, in the same order).
+
+    Raises:
+        UserError: no ``image_size`` given, and the model's input is not a fixed square.
     """
-    image_size = image_size or model_image_size(model, None)
-    if image_size is None:
-        raise ValueError("the model's input size is not fixed; pass image_size")
+    image_size = image_size or model_image_size(model, "evaluation")
     dataset = tta_dataset(view_dir, class_names, image_size, mode, images_per_batch(batch_size, mode),
                           resize_crop)
     forward = tta_forward(model, mode, image_size)

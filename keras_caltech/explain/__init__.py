@@ -8,30 +8,30 @@ nested backbones and Sequential models included) and never changes it::
     result.heatmaps, result.empty             # (batch, h, w) in [0, 1], (batch,) bool
     figure = explanation_figure(images[0], result.heatmaps[0], title)
 
-Modules: ``layers`` (finding layers, tapping activations), ``receptive_field``,
+Modules: ``model_layers`` (finding layers, tapping activations), ``receptive_field``,
 ``gradcam`` (Grad-CAM, Grad-CAM++, Score-CAM), ``guided`` (gradients, guided
-backpropagation, guided Grad-CAM), ``views`` (feature maps, top patches), ``figures``,
-``scoring`` (pointing game, energy, deletion/insertion) and ``sanity`` (parameter
-randomisation). What ``explain.py`` calls: ``report`` (image files to figures),
-``runs`` (a run folder's model, class names and test split), ``gallery`` (a run's
-sample, mistakes and top patches) and ``metrics`` (``--evaluate``).
+backpropagation, guided Grad-CAM), ``views`` (feature maps, top patches), ``scoring``
+(pointing game, energy, deletion/insertion) and ``sanity`` (parameter randomisation).
+What ``explain.py`` calls: ``image_files`` (image files to figures), ``runs`` (a run
+folder's model, class names and test split), ``gallery`` (a run's sample, mistakes and
+top patches) and ``assess`` (``--evaluate``: scores a run's explanations). The figures
+are drawn by ``keras_caltech.plotting``, re-exported here.
 """
 
-from keras_caltech.explain.figures import (explanation_figure, feature_map_figure,
-                                           gradient_figure, overlay, patches_figure,
-                                           prediction_title, save_figure)
 from keras_caltech.explain.gradcam import (CamResult, GradCam, GradCamPlusPlus, ScoreCam,
                                            upsample)
 from keras_caltech.explain.guided import (GuidedBackprop, GuidedGradCam, InputGradients,
                                           guided_model)
-from keras_caltech.explain.layers import (default_layer_name, find_layer, spatial_layer_names,
-                                          tap_model)
+from keras_caltech.explain.model_layers import (default_layer_name, find_layer,
+                                                spatial_layer_names, tap_model)
 from keras_caltech.explain.receptive_field import ReceptiveField, receptive_field
 from keras_caltech.explain.sanity import cascading_randomization, spearman_correlation
 from keras_caltech.explain.scoring import (centre_point_baseline, deletion_curve,
                                            energy_in_box, faithfulness, grid_pointing_game,
                                            insertion_curve, make_mosaic, pointing_game)
 from keras_caltech.explain.views import feature_maps, top_activating_patches
+from keras_caltech.plotting import (explanation_figure, feature_map_figure, gradient_figure,
+                                    overlay, patches_figure, prediction_title, save_figure)
 
 __all__ = [
     "CamResult", "GradCam", "GradCamPlusPlus", "GuidedBackprop", "GuidedGradCam",

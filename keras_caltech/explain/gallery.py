@@ -10,17 +10,15 @@ Images are read through the training pipeline at the model's input size and expl
 32 at a time by one explainer (one gradient tape per batch).
 """
 
-import base64
-import html
-
 import cv2
 import numpy as np
 
 from keras_caltech.errors import UserError
-from keras_caltech.explain.figures import colorize, image_grid, overlay, save_figure
-from keras_caltech.explain.report import (CAM_METHODS, Written, class_name, top_classes,
-                                          write_patches)
+from keras_caltech.explain.image_files import (CAM_METHODS, Written, class_name, top_classes,
+                                               write_patches)
 from keras_caltech.explain.runs import load_split_images, predict_split, split_dataset
+from keras_caltech.html_page import data_uri, escape, page
+from keras_caltech.plotting import colorize, image_grid, overlay, save_figure
 
 HTML_IMAGE_SIDE = 192  # pixels: small inputs (32-64 px) are upscaled for the page
 
@@ -74,7 +72,7 @@ def sample_gallery(run, num_classes, per_class, method="gradcam", layer_name=Non
     Args:
         run: an ``ExplainedRun``.
         num_classes, per_class: the A and B of ``--sample AxB``.
-        method: a CAM method (see ``report.CAM_METHODS``).
+        method: a CAM method (see ``image_files.CAM_METHODS``).
         layer_name: the 4-D layer; None: the model's declared Grad-CAM layer.
         class_index: the class to explain in every image; None: each one's prediction.
         seed: picks the classes and images.
@@ -195,7 +193,7 @@ def _png_data_uri(picture):
     ok, encoded = cv2.imencode(".png", cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))
     if not ok:
         raise RuntimeError("OpenCV could not encode a PNG")
-    return "data:image/png;base64," + base64.b64encode(encoded.tobytes()).decode("ascii")
+    return data_uri(encoded.tobytes(), "image/png")
 
 
 def _card(image, heatmap, lines):
@@ -205,15 +203,13 @@ def _card(image, heatmap, lines):
                        interpolation=cv2.INTER_CUBIC)
     pictures = [large, colorize(heatmap, (side, side)), overlay(large, heatmap)]
     images = "".join(f'<img src="{_png_data_uri(picture)}" alt="">' for picture in pictures)
-    caption = "<br>".join(html.escape(line) for line in lines)
+    caption = "<br>".join(escape(line) for line in lines)
     return f"<figure>{images}<figcaption>{caption}</figcaption></figure>"
 
 
 def _html_page(title, cards):
     style = ("body{font-family:sans-serif;margin:1.5em}figure{display:inline-block;margin:0 1em 1.5em 0;"
              "vertical-align:top}img{margin-right:2px}figcaption{font-size:0.8em;max-width:600px}")
-    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-            f"<title>{html.escape(title)}</title><style>{style}</style></head>\n<body>"
-            f"<h1>{html.escape(title)}</h1>\n<p>Each figure: the test image as the model takes it, "
-            f"the heatmap (JET colours: red is strongest), and the overlay.</p>\n"
-            + "\n".join(cards) + "\n</body></html>\n")
+    intro = ("<p>Each figure: the test image as the model takes it, the heatmap (JET colours: red "
+             "is strongest), and the overlay.</p>")
+    return page(title, style, f"<h1>{escape(title)}</h1>\n{intro}\n" + "\n".join(cards) + "\n")

@@ -16,8 +16,8 @@ import numpy as np
 import tensorflow as tf
 
 from keras_caltech.errors import UserError
-from keras_caltech.explain.layers import (image_shape, is_image_batch, resolve_spatial_layer,
-                                          tap_model)
+from keras_caltech.explain.model_layers import (image_shape, is_image_batch,
+                                                resolve_spatial_layer, tap_model)
 
 # A map whose positive part is below this share of its largest magnitude is rounding
 # noise around zero, not evidence.

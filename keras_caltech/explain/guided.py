@@ -18,7 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_caltech.explain.gradcam import GradCam, check_batch, upsample
-from keras_caltech.explain.layers import as_functional, image_shape, tap_model
+from keras_caltech.explain.model_layers import as_functional, image_shape, tap_model
 
 
 def guided_relu(inputs, max_value=None, threshold=0.0):

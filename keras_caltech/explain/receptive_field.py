@@ -15,7 +15,7 @@ from typing import NamedTuple
 import keras
 
 from keras_caltech.errors import UserError
-from keras_caltech.explain.layers import as_functional, find_layer
+from keras_caltech.explain.model_layers import as_functional, find_layer
 
 
 class ReceptiveField(NamedTuple):

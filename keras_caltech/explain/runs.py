@@ -16,8 +16,8 @@ import tensorflow as tf
 from keras_caltech.config import load_config
 from keras_caltech.data.pipeline import decode_and_resize
 from keras_caltech.errors import UserError
-from keras_caltech.explain.layers import image_shape
-from keras_caltech.models.loading import load_model_safely
+from keras_caltech.explain.model_layers import image_shape
+from keras_caltech.models.loading import load_model_safely, model_image_size
 from keras_caltech.runs import RunFolder, open_run
 
 BATCH_SIZE = 32  # images per forward/backward pass on every run-level path
@@ -40,26 +40,12 @@ class ExplainedRun:
     @property
     def image_size(self):
         """Side of the square images the model takes."""
-        return model_image_size(self.model)
+        return model_image_size(self.model, "explain.py")
 
     @property
-    def crop_from(self):
+    def resize_crop(self):
         """The run's ``augment.resize_crop``: its test view is a central crop of that resize."""
         return self.folder.config.augment.resize_crop
-
-
-def model_image_size(model):
-    """Side of the model's square input.
-
-    Raises:
-        UserError: the input has no fixed size or is not square; the data pipeline
-            resizes every image to a square.
-    """
-    height, width = image_shape(model)[:2]
-    if height is None or width is None or height != width:
-        raise UserError(f"model {model.name!r} takes images of shape {image_shape(model)}; "
-                        f"explain.py needs a fixed square input, as train.py builds")
-    return height
 
 
 def check_class_names(class_names, num_classes, source):
@@ -75,7 +61,7 @@ def check_class_names(class_names, num_classes, source):
     return [str(name) for name in class_names]
 
 
-def crop_from_beside(path):
+def resize_crop_beside(path):
     """The ``augment.resize_crop`` of the run a ``.keras`` file sits in (its ``config.yaml``), else 0."""
     config_path = Path(path).with_name("config.yaml")
     return load_config(config_path).augment.resize_crop if config_path.is_file() else 0
@@ -108,11 +94,11 @@ def open_explained_run(path, data=None):
 
     Raises:
         UserError: the folder is missing, holds no ``best.keras``, or misses a file the
-            run needs (config, splits, class names).
+            run needs (config, splits, class names); the model has no fixed square input.
     """
     folder = open_run(path, data, need_model=True)
     model = load_model_safely(folder.model_path)
-    model_image_size(model)  # fails now on a model the pipeline cannot feed
+    model_image_size(model, "explain.py")  # fails now on a model the pipeline cannot feed
     class_names = check_class_names(folder.class_names, model.outputs[0].shape[-1],
                                     folder.path / "class_names.json")
     return ExplainedRun(folder=folder, model=model, class_names=class_names)
@@ -143,7 +129,7 @@ def split_dataset(run, split="test", indices=None, batch_size=BATCH_SIZE):
         ([str(paths[index]) for index in indices], np.asarray(labels, np.int32)[indices]))
 
     def read(path, label):
-        return decode_and_resize(tf.io.read_file(path), size, run.crop_from), label
+        return decode_and_resize(tf.io.read_file(path), size, run.resize_crop), label
 
     dataset = dataset.map(read, num_parallel_calls=tf.data.AUTOTUNE)
     return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)

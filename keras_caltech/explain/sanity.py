@@ -14,7 +14,7 @@ import dataclasses
 import keras
 import numpy as np
 
-from keras_caltech.explain.layers import find_layer
+from keras_caltech.explain.model_layers import find_layer
 
 
 def _ranks(values):

@@ -3,6 +3,7 @@ most excite one unit across many images (Zeiler & Fergus 2014).
 """
 
 import dataclasses
+import functools
 import heapq
 import itertools
 
@@ -11,8 +12,8 @@ import numpy as np
 import tensorflow as tf
 
 from keras_caltech.errors import UserError
-from keras_caltech.explain.layers import (find_layer, image_shape, is_image_batch, layer_paths,
-                                          resolve_spatial_layer, tap_model)
+from keras_caltech.explain.model_layers import (find_layer, image_shape, is_image_batch,
+                                                layer_paths, resolve_spatial_layer, tap_model)
 from keras_caltech.explain.receptive_field import receptive_field
 
 _CONV_TYPES = (keras.layers.Conv2D, keras.layers.SeparableConv2D, keras.layers.DepthwiseConv2D,
@@ -100,12 +101,36 @@ def top_activating_patches(model, batches, *, layer_name=None, channel=None, cla
         raise UserError("choose one unit: a channel of a layer (channel=...) or a class logit "
                         f"(class_index=...). Received channel={channel}, class_index={class_index}")
     expected = image_shape(model)
-    field = None  # a class logit sees the whole image
+    responses_of, field = _unit_responses(model, expected, layer_name, channel, class_index)
+    best = _StrongestPatches(top_k)
+    seen = 0  # images scanned in earlier batches
+    for images in _image_batches(batches, expected):
+        responses = responses_of(images)  # (batch, h, w) for a channel, (batch,) for a logit
+        for image_offset, score, position in _candidates(responses, top_k, one_per_image):
+            # Cropped only if kept: most candidates of a long scan are not.
+            best.offer(score, functools.partial(_crop_patch, images[image_offset], seen + image_offset,
+                                                score, position, field))
+        seen += len(images)
+    return best.strongest_first()
+
+
+def _unit_responses(model, expected, layer_name, channel, class_index):
+    """A compiled function from images to one unit's responses, and the unit's receptive field.
+
+    Returns:
+        (``responses_of(images) -> np.ndarray`` (batch, h, w) for a channel or (batch,)
+        for a class logit, the :class:`ReceptiveField` of the channel's layer or None
+        for a logit, which sees the whole image).
+
+    Raises:
+        UserError: the layer is missing or not 4-D, or the unit is out of range.
+    """
+    field = None
     if channel is not None:
         layer_name = resolve_spatial_layer(model, layer_name)
         field = receptive_field(model, layer_name)
     taps = tap_model(model, [] if channel is None else [layer_name])
-    unit_output = taps.outputs[0]  # (b, h, w, channels) or (b, classes)
+    unit_output = taps.outputs[0]  # (batch, h, w, channels) or (batch, classes)
     index = class_index if channel is None else channel
     units = unit_output.shape[-1]
     if not 0 <= index < units:
@@ -114,35 +139,60 @@ def top_activating_patches(model, batches, *, layer_name=None, channel=None, cla
     responses_model = keras.Model(taps.inputs[0], unit_output)
     forward = tf.function(lambda images: responses_model(images, training=False),
                           input_signature=[tf.TensorSpec((None, *expected), tf.float32)])
+    return (lambda images: forward(images).numpy()[..., index]), field
 
-    best = []  # min-heap of (score, tie-breaker, Patch)
-    order = itertools.count()
-    seen = 0
+
+def _image_batches(batches, expected):
+    """Yields float32 image batches (batch, *expected) from arrays or (images, labels) pairs.
+
+    Raises:
+        UserError: a batch of another shape.
+    """
     if isinstance(batches, np.ndarray) or tf.is_tensor(batches):
-        batches = [batches]
+        batches = [batches]  # one 4-D array: a single batch
     for batch in batches:
         images = np.asarray(batch[0] if isinstance(batch, (tuple, list)) else batch, np.float32)
         if not is_image_batch(images, expected):
             raise UserError(f"patch scanning takes batches shaped (batch, "
                             f"{', '.join(map(str, expected))}). Received shape {images.shape}")
-        responses = forward(images).numpy()[..., index]  # (b, h, w) or (b,) for a logit
-        for image_offset, score, position in _candidates(responses, top_k, one_per_image):
-            entry = (score, -next(order))  # on ties, the earlier image wins
-            if len(best) == top_k and entry <= best[0][:2]:
-                continue
-            image = images[image_offset]
-            if position is None:
-                box = (0, 0, image.shape[1], image.shape[0])
-            else:
-                box = field.box(*position, image.shape[:2])
-            patch = Patch(score=score, image_index=seen + image_offset, position=position,
-                          box=box, pixels=image[box[1]:box[3], box[0]:box[2]].copy())
-            if len(best) < top_k:
-                heapq.heappush(best, (*entry, patch))
-            else:
-                heapq.heapreplace(best, (*entry, patch))
-        seen += len(images)
-    return [patch for _, _, patch in sorted(best, key=lambda item: item[:2], reverse=True)]
+        yield images
+
+
+def _crop_patch(image, image_index, score, position, field):
+    """The :class:`Patch` of ``image`` under a unit at ``position`` (None: the whole image)."""
+    if position is None:
+        box = (0, 0, image.shape[1], image.shape[0])
+    else:
+        box = field.box(*position, image.shape[:2])
+    return Patch(score=score, image_index=image_index, position=position, box=box,
+                 pixels=image[box[1]:box[3], box[0]:box[2]].copy())
+
+
+class _StrongestPatches:
+    """The ``top_k`` strongest patches offered so far.
+
+    A min-heap of (score, -arrival, Patch): the weakest kept patch is on top, and on
+    equal scores the patch offered first wins.
+    """
+
+    def __init__(self, top_k):
+        self.top_k = top_k
+        self._heap = []
+        self._arrivals = itertools.count()
+
+    def offer(self, score, make_patch):
+        """Keeps the patch ``make_patch()`` builds if it is among the strongest (built only then)."""
+        entry = (score, -next(self._arrivals))
+        if len(self._heap) == self.top_k and entry <= self._heap[0][:2]:
+            return
+        if len(self._heap) < self.top_k:
+            heapq.heappush(self._heap, (*entry, make_patch()))
+        else:
+            heapq.heapreplace(self._heap, (*entry, make_patch()))
+
+    def strongest_first(self):
+        """The kept patches, strongest first."""
+        return [patch for _, _, patch in sorted(self._heap, key=lambda item: item[:2], reverse=True)]
 
 
 def _candidates(responses, top_k, one_per_image):

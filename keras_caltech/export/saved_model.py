@@ -45,14 +45,14 @@ from keras_caltech.runs import open_run
 TOP_K = 5
 
 
-def build_archive(model, class_names, crop_from=0):
+def build_archive(model, class_names, resize_crop=0):
     """Wraps a trained classifier in the three serving signatures.
 
     Args:
         model: a registered classifier (``model.name`` is its registry name):
             (batch, size, size, 3) float 0-255 RGB in, logits out.
         class_names: class names in label order, one per logit.
-        crop_from: the run's ``augment.resize_crop`` (see ``pipeline.resize_for_model``).
+        resize_crop: the run's ``augment.resize_crop`` (see ``pipeline.resize_for_model``).
 
     Returns:
         A ``keras.export.ExportArchive`` ready for ``write_out``.
@@ -62,38 +62,18 @@ def build_archive(model, class_names, crop_from=0):
             differs from the number of class names.
     """
     entry = get_model_entry(model.name)
-    _, height, width, channels = model.input_shape
-    num_classes = model.output_shape[-1]
-    if height != width or height is None or channels != 3:
-        raise UserError(f"only models taking square RGB images of a fixed size can be exported. "
-                        f"Received input shape {model.input_shape}")
-    if len(class_names) != num_classes:
-        raise UserError(f"model {model.name!r} has {num_classes} outputs but {len(class_names)} class "
-                        "names were given; export the class_names.json of the run that trained it")
-    image_size, top_k = height, min(TOP_K, num_classes)
+    image_size = _check_exportable(model, class_names)
     names = tf.constant(list(class_names))  # (classes,) string, part of the graph
+    decode_batch = _batch_decoder(image_size, resize_crop)
+    classify = _classifier(model, names)
     taps = gradcam_model(model, entry.gradcam_layer)
-
-    def decode_batch(image_bytes):
-        def decode_one(encoded):
-            return decode_and_resize(encoded, image_size, crop_from)
-
-        # Images of different sizes cannot share a batch before resizing: one at a time.
-        return tf.map_fn(decode_one, image_bytes, fn_output_signature=tf.TensorSpec(
-            (image_size, image_size, 3), tf.float32))  # (batch, size, size, 3) 0-255
-
-    def classify(images):
-        probabilities = tf.nn.softmax(model(images, training=False))  # (batch, classes)
-        scores, indices = tf.math.top_k(probabilities, k=top_k)  # (batch, k) each
-        return {"probabilities": probabilities, "top_k_classes": indices,
-                "top_k_names": tf.gather(names, indices), "top_k_scores": scores}
 
     def serve_bytes(image_bytes):
         return classify(decode_batch(image_bytes))
 
     def serve_images(images):
         # The same resize as decode_and_resize, on pixels already decoded.
-        return classify(resize_for_model(images, image_size, crop_from))
+        return classify(resize_for_model(images, image_size, resize_crop))
 
     def serve_gradcam(image_bytes):
         result = gradcam_heatmaps(taps, decode_batch(image_bytes))
@@ -113,7 +93,56 @@ def build_archive(model, class_names, crop_from=0):
     return archive
 
 
-def export_model(model, class_names, base_dir, name, version=None, crop_from=0):
+def _check_exportable(model, class_names):
+    """Returns the side of the model's square RGB input, after checking it can be served.
+
+    Raises:
+        UserError: the input is not square RGB of a fixed size, or the number of logits
+            differs from the number of class names.
+    """
+    _, height, width, channels = model.input_shape
+    num_classes = model.output_shape[-1]
+    if height != width or height is None or channels != 3:
+        raise UserError(f"only models taking square RGB images of a fixed size can be exported. "
+                        f"Received input shape {model.input_shape}")
+    if len(class_names) != num_classes:
+        raise UserError(f"model {model.name!r} has {num_classes} outputs but {len(class_names)} class "
+                        "names were given; export the class_names.json of the run that trained it")
+    return height
+
+
+def _batch_decoder(image_size, resize_crop):
+    """Returns ``decode_batch(image_bytes)``: string (batch,) to float32 (batch, size, size, 3) 0-255."""
+    def decode_one(encoded):
+        return decode_and_resize(encoded, image_size, resize_crop)
+
+    def decode_batch(image_bytes):
+        # Images of different sizes cannot share a batch before resizing: one at a time.
+        return tf.map_fn(decode_one, image_bytes, fn_output_signature=tf.TensorSpec(
+            (image_size, image_size, 3), tf.float32))  # (batch, size, size, 3) 0-255
+
+    return decode_batch
+
+
+def _classifier(model, names):
+    """Returns ``classify(images)``: the outputs of ``serving_default`` and ``predict_images``.
+
+    Args:
+        model: the classifier, logits out.
+        names: string tensor (classes,) of the class names.
+    """
+    top_k = min(TOP_K, model.output_shape[-1])
+
+    def classify(images):
+        probabilities = tf.nn.softmax(model(images, training=False))  # (batch, classes)
+        scores, indices = tf.math.top_k(probabilities, k=top_k)  # (batch, k) each
+        return {"probabilities": probabilities, "top_k_classes": indices,
+                "top_k_names": tf.gather(names, indices), "top_k_scores": scores}
+
+    return classify
+
+
+def export_model(model, class_names, base_dir, name, version=None, resize_crop=0):
     """Writes ``model`` as a SavedModel to ``base_dir/name/version/``.
 
     Args:
@@ -122,7 +151,7 @@ def export_model(model, class_names, base_dir, name, version=None, crop_from=0):
         base_dir: the folder TF Serving's models live in, e.g. ``saved_models``.
         name: the served model's name (one folder name).
         version: a positive integer, or None for the next free one.
-        crop_from: the run's ``augment.resize_crop`` (see :func:`build_archive`).
+        resize_crop: the run's ``augment.resize_crop`` (see :func:`build_archive`).
 
     Returns:
         The version folder as a pathlib.Path.
@@ -142,7 +171,7 @@ def export_model(model, class_names, base_dir, name, version=None, crop_from=0):
         raise UserError(f"{target} already exists; TF Serving versions are never overwritten. "
                         f"Pick another --version (next free: {next_version(model_dir)}) "
                         "or omit it")
-    archive = build_archive(model, class_names, crop_from)
+    archive = build_archive(model, class_names, resize_crop)
     # Written under a name TF Serving ignores (not an integer), then renamed into place,
     # so a server watching the folder never loads a half-written version.
     # mkdir (not mkdtemp, which makes the folder private) keeps the umask's permissions,
@@ -181,4 +210,4 @@ def export_run(run_dir, base_dir="saved_models", name=None, version=None):
     run = open_run(run_dir)
     model = load_model_safely(run.model_path)
     return export_model(model, run.class_names, base_dir, name or run.path.resolve().name, version,
-                        crop_from=run.config.augment.resize_crop)
+                        resize_crop=run.config.augment.resize_crop)

@@ -10,6 +10,9 @@ Models load uncompiled (``compile=False``): evaluation, explanation and serving 
 run them, and a checkpoint's optimizer may be one of ``keras_caltech.training``'s
 registered optimizers or schedules, which a process that never imported the training
 package could not rebuild.
+
+:func:`model_image_size` reads the input size of a loaded model, for the callers that
+feed it through the data pipeline (evaluation and explanation).
 """
 
 import pathlib
@@ -84,3 +87,33 @@ def _load_error(path, error):
         f"could not load model {path}: {first_line}. The file may be damaged, or saved by "
         "code with custom layers that keras_caltech does not register; re-export it from "
         "a keras_caltech training run.")
+
+
+def model_image_size(model, needed_by="the data pipeline"):
+    """Side of the square images ``model`` takes: the size the data pipeline resizes to.
+
+    Args:
+        model: a Keras model, e.g. from :func:`load_model_safely`.
+        needed_by: what needs the size, named in the error (e.g. "explain.py").
+
+    Returns:
+        int ``size`` of the model's one input, shaped (batch, size, size, channels).
+
+    Raises:
+        UserError: the model has no single image input of a fixed square size (a
+            flexible or non-square input, several inputs, or a model never built).
+    """
+    try:
+        shape = model.input_shape  # (batch, height, width, channels); a list for several inputs
+    except AttributeError:  # a Sequential never built or called, a subclassed model
+        shape = None
+    if isinstance(shape, tuple) and len(shape) == 4 and shape[1] is not None and shape[1] == shape[2]:
+        return int(shape[1])
+    if shape is None:
+        received = "has no defined input shape"
+    elif isinstance(shape, tuple):
+        received = f"takes images of shape {tuple(shape[1:])}"
+    else:
+        received = f"takes {len(shape)} inputs"
+    raise UserError(f"model {model.name!r} {received}; {needed_by} needs a fixed square input, "
+                    f"as train.py builds")

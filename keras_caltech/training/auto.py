@@ -26,11 +26,9 @@ import random
 import numpy as np
 import tensorflow as tf
 
+from keras_caltech.config import AUTO, AUTO_CACHE
 from keras_caltech.data.scan import header_size
-from keras_caltech.errors import UserError
 
-AUTO = 0
-AUTO_CACHE = "auto"
 MEMORY_CACHE_BYTES = 2 * 1024**3  # the float32 images of the cached splits, resized
 MIN_AUTO_IMAGE_SIZE = 32
 MAX_AUTO_IMAGE_SIZE = 128
@@ -38,22 +36,6 @@ SIZE_SAMPLE = 200  # image headers read to find the typical size: enough for a s
 TARGET_STEPS = 3000
 MIN_AUTO_EPOCHS = 15
 MAX_AUTO_EPOCHS = 100
-
-
-def check_auto(config):
-    """Raises UserError for settings that need an explicit image size or epoch count.
-
-    Progressive resizing names its sizes and epochs stage by stage, so the run's total
-    cannot be left to the data.
-    """
-    train = config.train
-    if train.progressive_sizes or train.progressive_epochs:
-        auto = [name for name, value in (("data.image_size", config.data.image_size), ("train.epochs", train.epochs))
-                if value == AUTO]
-        if auto:
-            raise UserError(f"progressive resizing (train.progressive_sizes) needs an explicit "
-                            f"{' and '.join(auto)}; 0 means chosen from the data. Set "
-                            f"{' '.join('--set ' + name + '=N' for name in auto)}")
 
 
 def stand_in(config, default_image_size):
@@ -65,11 +47,7 @@ def stand_in(config, default_image_size):
 
     Returns:
         The Config with auto image size, epochs and cache replaced; never trained with.
-
-    Raises:
-        UserError: settings that cannot be left to the data (:func:`check_auto`).
     """
-    check_auto(config)
     data = config.data
     if data.image_size == AUTO:
         data = dataclasses.replace(data, image_size=default_image_size)
@@ -174,7 +152,6 @@ def resolve_auto(config, train_paths, num_val_images, entry, log=print):
 
     Returns:
         The Config with image size, epochs and cache set (unchanged when none was auto).
-        Its settings were checked by :func:`stand_in` before the data was read.
     """
     data, train = config.data, config.train
     if data.image_size == AUTO:

@@ -22,9 +22,8 @@ import pathlib
 
 import tensorflow as tf
 
+from keras_caltech.config import STRATEGIES
 from keras_caltech.errors import UserError
-
-STRATEGIES = ("auto", "one", "mirrored", "multiworker")
 
 TF_CONFIG_EXAMPLE = ('TF_CONFIG=\'{"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
                      '"task": {"type": "worker", "index": 0}}\'')

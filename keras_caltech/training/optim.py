@@ -15,11 +15,9 @@ Like PyTorch, the decay applies to every trainable variable (biases and BatchNor
 
 import keras
 
+from keras_caltech.config import OPTIMIZERS, SCHEDULES
 from keras_caltech.errors import UserError
 from keras_caltech.training.schedules import OneCycle, StepDecay, WarmupCosine
-
-OPTIMIZERS = ("adam", "adamw", "sgd")
-SCHEDULES = ("constant", "step", "onecycle", "cosine")
 
 
 def make_schedule(train, steps_per_epoch, *, epochs=None, learning_rate=None):
@@ -37,7 +35,8 @@ def make_schedule(train, steps_per_epoch, *, epochs=None, learning_rate=None):
             ``train.learning_rate``.
 
     Raises:
-        UserError: unknown schedule name, or settings the schedule cannot follow.
+        UserError: a warm-up that rounds to all of the steps (the config's names and
+            ranges were checked when it was loaded).
     """
     epochs = train.epochs if epochs is None else epochs
     rate = train.learning_rate if learning_rate is None else learning_rate
@@ -58,7 +57,8 @@ def make_schedule(train, steps_per_epoch, *, epochs=None, learning_rate=None):
             raise UserError(f"train.warmup_epochs must be at least 0 and fewer than the "
                             f"{epochs} epochs it warms up. Received: {train.warmup_epochs}")
         return WarmupCosine(rate, total_steps, warmup_steps)
-    raise UserError(f"unknown train.schedule {train.schedule!r}. Valid schedules: {', '.join(SCHEDULES)}")
+    raise ValueError(f"make_schedule has no case for train.schedule {train.schedule!r} "
+                     f"(config.SCHEDULES: {SCHEDULES})")
 
 
 def make_optimizer(train, steps_per_epoch, *, epochs=None, learning_rate=None):
@@ -71,18 +71,17 @@ def make_optimizer(train, steps_per_epoch, *, epochs=None, learning_rate=None):
         learning_rate: the starting or peak rate; default ``train.learning_rate``.
 
     Raises:
-        UserError: unknown optimizer or schedule name, or a negative weight decay.
+        UserError: see :func:`make_schedule`.
     """
-    if train.optimizer not in OPTIMIZERS:
-        raise UserError(f"unknown train.optimizer {train.optimizer!r}. Valid optimizers: {', '.join(OPTIMIZERS)}")
-    if train.weight_decay < 0:
-        raise UserError(f"train.weight_decay must be >= 0. Received: {train.weight_decay}")
     rate = make_schedule(train, steps_per_epoch, epochs=epochs, learning_rate=learning_rate)
     if train.optimizer == "adamw":
         return keras.optimizers.AdamW(rate, weight_decay=train.weight_decay)
     if train.optimizer == "adam":
         return AdamWithL2(rate, l2=train.weight_decay)
-    return SGDWithL2(rate, momentum=train.momentum, nesterov=train.nesterov, l2=train.weight_decay)
+    if train.optimizer == "sgd":
+        return SGDWithL2(rate, momentum=train.momentum, nesterov=train.nesterov, l2=train.weight_decay)
+    raise ValueError(f"make_optimizer has no case for train.optimizer {train.optimizer!r} "
+                     f"(config.OPTIMIZERS: {OPTIMIZERS})")
 
 
 def _with_l2(optimizer, gradient, variable):

@@ -29,6 +29,7 @@ import dataclasses
 import math
 import pathlib
 
+from keras_caltech.config import weights_argument
 from keras_caltech.errors import UserError
 from keras_caltech.models import get_model_entry
 from keras_caltech.models.registry import check_weights
@@ -77,12 +78,6 @@ class Phase:
         return self.config.data.image_size
 
 
-def weights_argument(config):
-    """``model.weights`` as ``create_model`` takes it: None, "imagenet" or a file path."""
-    weights = config.model.weights.strip()
-    return None if weights.lower() in ("", "none") else weights
-
-
 def _stage_config(config, image_size):
     """``config`` at another input size; a resize-then-crop scales with it."""
     final = config.data.image_size
@@ -92,52 +87,37 @@ def _stage_config(config, image_size):
 
 
 def _stages(config):
-    """[(image size, epochs)] of phase 1, checked against ``train.epochs`` and ``data.image_size``."""
+    """[(image size, epochs)] of phase 1: one stage, or the progressive ones.
+
+    ``load_config`` checked that the progressive stages end at ``data.image_size`` and
+    add up to ``train.epochs``.
+    """
     train = config.train
-    sizes, epochs = train.progressive_sizes, train.progressive_epochs
-    if not sizes and not epochs:
+    if not train.progressive_sizes:
         return [(config.data.image_size, train.epochs)]
-    example = "e.g. train.progressive_sizes=[128, 224] and train.progressive_epochs=[10, 10]"
-    if len(sizes) != len(epochs):
-        raise UserError(f"train.progressive_sizes and train.progressive_epochs need one entry per "
-                        f"stage ({example}). Received: {list(sizes)} and {list(epochs)}")
-    if min(sizes) < 1 or min(epochs) < 1:
-        raise UserError(f"progressive sizes and epochs must be positive. Received: sizes "
-                        f"{list(sizes)}, epochs {list(epochs)}")
-    if sizes[-1] != config.data.image_size:
-        raise UserError(f"the last of train.progressive_sizes must be data.image_size="
-                        f"{config.data.image_size}, the size the model is evaluated and saved at. "
-                        f"Received: {list(sizes)}")
-    if sum(epochs) != train.epochs:
-        raise UserError(f"train.progressive_epochs must add up to train.epochs={train.epochs}, which "
-                        f"the learning-rate schedule spans. Received: {list(epochs)} "
-                        f"(sum {sum(epochs)}); set train.epochs={sum(epochs)}")
-    return list(zip(sizes, epochs))
+    return list(zip(train.progressive_sizes, train.progressive_epochs))
 
 
 def plan_phases(config):
-    """Returns the phases of a run, checking how the config's phase settings fit together.
+    """Returns the phases of a run.
+
+    How the phase settings fit together (fine-tuning needs a pretrained start,
+    progressive stages end at the model's size, ...) was checked by ``load_config``.
 
     Args:
-        config: a resolved Config.
+        config: a resolved Config (no setting left to the data).
 
     Returns:
         A list of :class:`Phase`, in training order.
 
     Raises:
-        UserError: settings that contradict each other (fine-tuning without a
-            pretrained start, progressive stages that do not end at the model's size,
-            weights and init_from together, ...).
+        UserError: pretrained weights for a model the registry trains from scratch.
     """
     train, model = config.train, config.model
     if train.epochs < 1:
         raise UserError(f"train.epochs must be >= 1. Received: {train.epochs}")
     transfer = weights_argument(config) is not None
-    check_weights(model.name, weights_argument(config))
-    if transfer and model.init_from:
-        raise UserError(f"model.weights={model.weights!r} and model.init_from={model.init_from!r} "
-                        f"both set the starting weights; keep one (set model.weights=none to start "
-                        f"from the run)")
+    check_weights(model.name, weights_argument(config))  # the registry knows which models are pretrained
     stages = _stages(config)
     phases, first_epoch = [], 0
     for index, (image_size, epochs) in enumerate(stages):
@@ -151,18 +131,7 @@ def plan_phases(config):
             continues_optimizer=index > 0, saves_best=index == len(stages) - 1))
         first_epoch += epochs
 
-    if train.fine_tune_epochs or model.fine_tune_blocks:
-        if not transfer:
-            raise UserError("fine-tuning (train.fine_tune_epochs, model.fine_tune_blocks) follows a "
-                            "frozen-backbone phase, which needs pretrained weights: set model.weights "
-                            "to imagenet or a backbone weights file, or drop the fine-tune settings")
-        if train.fine_tune_epochs < 1 or model.fine_tune_blocks == 0:
-            raise UserError(f"fine-tuning needs both train.fine_tune_epochs >= 1 and model.fine_tune_blocks "
-                            f"(top blocks to unfreeze, -1 for all). Received: fine_tune_epochs="
-                            f"{train.fine_tune_epochs}, fine_tune_blocks={model.fine_tune_blocks}")
-        if model.fine_tune_blocks < -1:
-            raise UserError(f"model.fine_tune_blocks must be -1 (all) or a number of blocks >= 1. "
-                            f"Received: {model.fine_tune_blocks}")
+    if train.fine_tune_epochs:  # load_config checked it comes with fine_tune_blocks and pretrained weights
         phases.append(Phase(
             name="fine-tune", config=config, first_epoch=first_epoch,
             last_epoch=first_epoch + train.fine_tune_epochs, trainable=model.fine_tune_blocks,

@@ -20,9 +20,8 @@ import pathlib
 import keras
 import tensorflow as tf
 
+from keras_caltech.config import PRECISIONS
 from keras_caltech.errors import UserError
-
-PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 
 
 def cpu_has_bfloat16():

@@ -25,49 +25,17 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_caltech.config import check_choice
 from keras_caltech.data.augment import build_augmenter, keyed_randomness, load_size
-from keras_caltech.data.pipeline import CACHE_MODES, NORMALIZATION_MODES, EpochBatches, make_dataset
+from keras_caltech.data.pipeline import EpochBatches, make_dataset
 from keras_caltech.data.sampling import class_counts
 from keras_caltech.errors import UserError
-from keras_caltech.training.auto import AUTO_CACHE
-from keras_caltech.training.distribute import STRATEGIES
-from keras_caltech.training.precision import PRECISIONS
-
-CLASS_WEIGHT_MODES = ("none", "balanced")
 
 
 def uses_class_probabilities(config):
     """Whether ``config`` trains on one-hot (smoothed or mixed) labels instead of indices."""
     return (config.train.label_smoothing > 0 or config.augment.mixup_alpha > 0
             or config.augment.cutmix_alpha > 0)
-
-
-def check_recipe(config):
-    """Raises UserError for recipe settings outside their ranges or used together wrongly."""
-    train, augment = config.train, config.augment
-    # Named choices that later steps check as they use them: checked here, before a scan
-    # or a run folder exists (and in dry runs, which never reach those steps).
-    for dotted, value, choices in (("data.normalization", config.data.normalization, NORMALIZATION_MODES),
-                                   ("data.cache", config.data.cache, CACHE_MODES + (AUTO_CACHE,)),
-                                   ("train.strategy", train.strategy, STRATEGIES),
-                                   ("train.precision", train.precision, PRECISIONS)):
-        if value not in choices:
-            raise UserError(f"unknown {dotted} {value!r}. Valid choices: {', '.join(choices)}")
-    if not 0.0 <= train.label_smoothing < 1.0:
-        raise UserError(f"train.label_smoothing must be in [0, 1) (0.1 is usual). "
-                        f"Received: {train.label_smoothing}")
-    if augment.mixup_alpha < 0:
-        raise UserError(f"augment.mixup_alpha must be >= 0 (0 = off, 0.2 is usual). "
-                        f"Received: {augment.mixup_alpha}")
-    if not 0.0 <= augment.cutmix_alpha <= 1.0:
-        raise UserError(f"augment.cutmix_alpha must be between 0 (off) and 1 (Keras's CutMix "
-                        f"bound; 1.0 is the paper's). Received: {augment.cutmix_alpha}")
-    if train.class_weight not in CLASS_WEIGHT_MODES:
-        raise UserError(f"unknown train.class_weight {train.class_weight!r}. "
-                        f"Valid modes: {', '.join(CLASS_WEIGHT_MODES)}")
-    if train.class_weight != "none" and config.data.balanced_sampling:
-        raise UserError("train.class_weight=balanced and data.balanced_sampling=true both correct "
-                        "the class imbalance, and together over-correct it; use one of them")
 
 
 def describe_recipe(config):
@@ -213,9 +181,7 @@ def class_weights(labels, num_classes, mode="balanced"):
     Raises:
         UserError: unknown mode, or a class without training examples.
     """
-    if mode not in CLASS_WEIGHT_MODES:
-        raise UserError(f"unknown train.class_weight {mode!r}. Valid modes: {', '.join(CLASS_WEIGHT_MODES)}")
-    if mode == "none":
+    if check_choice("train.class_weight", mode) == "none":
         return None
     counts = class_counts(labels, num_classes)
     if not counts.all():
@@ -257,7 +223,7 @@ def make_fit_data(config, views, class_names, cache_dir, final_size, class_weigh
         load_size=load_size(config.augment, size), balanced=config.data.balanced_sampling)
     val_data = (make_dataset(views["val"], class_names, size, batch_size, cache=config.data.cache,
                              cache_path=pathlib.Path(cache_dir) / f"val{suffix}{_crop_suffix(config, size)}",
-                             crop_from=config.augment.resize_crop) if "val" in views else None)
+                             resize_crop=config.augment.resize_crop) if "val" in views else None)
     if val_data is not None and uses_class_probabilities(config):
         val_data = one_hot_labels(val_data, num_classes)
     return train_batches, val_data

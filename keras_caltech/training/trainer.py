@@ -101,7 +101,6 @@ def dry_run(config, log=print):
     checked as training would check them.
     """
     entry = get_model_entry(config.model.name)
-    recipes.check_recipe(auto.stand_in(config, entry.default_image_size))
     root = dataset_root(config.data)
     class_names, _ = discover_classes(root, config.data.include_classes, config.data.exclude_classes)
     # Settings left to the data, chosen as a run chooses them, from the split of the
@@ -138,6 +137,11 @@ def _choose_from_split(config, root, files, class_names, log):
     return config, splits
 
 
+def write_run_config(run_dir, config):
+    """Writes the resolved ``config`` as the run's ``config.yaml``, which ``load_config`` reads back."""
+    write_atomically(pathlib.Path(run_dir) / "config.yaml", yaml.safe_dump(config_to_dict(config), sort_keys=False))
+
+
 def _new_run(config, run_dir, log):
     """Scans the data, splits it and writes a new, locked run folder's data files.
 
@@ -156,7 +160,7 @@ def _new_run(config, run_dir, log):
 
     run_dir = create_run_folder(run_dir)
     lock_run_folder(run_dir)
-    write_atomically(run_dir / "config.yaml", yaml.safe_dump(config_to_dict(config), sort_keys=False))
+    write_run_config(run_dir, config)
     write_json(run_dir / "class_names.json", class_names)
     write_json(run_dir / "splits.json", {"root": str(scan.root), **{name: splits[name] for name in SPLIT_NAMES}})
     write_json(run_dir / "data_report.json", {
@@ -193,9 +197,8 @@ def train(config, output_dir=None, *, resume=False, moved_data=None, verbose=Non
         UserError: bad data, config or model choice, a run folder in use, or a loss that became NaN.
     """
     entry = get_model_entry(config.model.name)  # fail on a bad name before any heavy work
-    checked = auto.stand_in(config, entry.default_image_size)  # auto settings are chosen after the scan
-    phases.plan_phases(checked)  # ... and on phase settings that contradict each other
-    recipes.check_recipe(checked)
+    # ... and on pretrained weights the model cannot take (auto settings are chosen after the scan).
+    phases.plan_phases(auto.stand_in(config, entry.default_image_size))
     strategy = make_strategy(config.train.strategy)  # before other TensorFlow ops: multi-worker sets up the runtime
     set_precision(config.train.precision, log=log)
     keras.utils.set_random_seed(config.train.seed)

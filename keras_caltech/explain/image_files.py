@@ -16,13 +16,12 @@ import tensorflow as tf
 
 from keras_caltech.data.pipeline import crop_window, decode, decode_and_resize
 from keras_caltech.errors import UserError
-from keras_caltech.explain.figures import (explanation_figure, feature_map_figure,
-                                           gradient_figure, patches_figure, prediction_title,
-                                           save_figure)
 from keras_caltech.explain.gradcam import GradCam, GradCamPlusPlus, ScoreCam
 from keras_caltech.explain.guided import GuidedBackprop, GuidedGradCam
-from keras_caltech.explain.runs import model_image_size
 from keras_caltech.explain.views import feature_maps, top_activating_patches
+from keras_caltech.models.loading import model_image_size
+from keras_caltech.plotting import (explanation_figure, feature_map_figure, gradient_figure,
+                                    patches_figure, prediction_title, save_figure)
 
 CAM_METHODS = {"gradcam": GradCam, "gradcam++": GradCamPlusPlus, "scorecam": ScoreCam}
 METHODS = (*CAM_METHODS, "guided-backprop", "guided-gradcam", "feature-maps", "patches")
@@ -45,13 +44,13 @@ class ImageFile:
     original: np.ndarray
 
 
-def read_image(path, image_size, crop_from=0):
+def read_image(path, image_size, resize_crop=0):
     """Reads an image file with the training pipeline's decoder.
 
     Args:
         path: a JPEG, PNG, GIF (first frame) or BMP file.
         image_size: side of the model's square input.
-        crop_from: the run's ``augment.resize_crop`` (see ``pipeline.resize_for_model``).
+        resize_crop: the run's ``augment.resize_crop`` (see ``pipeline.resize_for_model``).
 
     Returns:
         An :class:`ImageFile`.
@@ -68,11 +67,11 @@ def read_image(path, image_size, crop_from=0):
         raise UserError(f"image file {path} is empty (0 bytes)")
     encoded = tf.io.read_file(str(path))
     try:
-        pixels = decode_and_resize(encoded, image_size, crop_from).numpy()
+        pixels = decode_and_resize(encoded, image_size, resize_crop).numpy()
         original = decode(encoded).numpy()  # (h, w, 3) uint8
     except tf.errors.InvalidArgumentError:
         raise UserError(f"cannot decode {path} as an image (JPEG, PNG, GIF or BMP)") from None
-    x0, y0, x1, y1 = np.round(crop_window(original.shape[1], original.shape[0], image_size, crop_from)).astype(int)
+    x0, y0, x1, y1 = np.round(crop_window(original.shape[1], original.shape[0], image_size, resize_crop)).astype(int)
     return ImageFile(path=path, pixels=pixels, original=original[y0:y1, x0:x1])
 
 
@@ -142,7 +141,7 @@ def top_classes(probabilities, class_names, k=TOP_K):
 
 
 def explain_images(model, image_paths, method="gradcam", class_index=None, layer_name=None,
-                   channel=None, class_names=None, output_dir="explanations", crop_from=0):
+                   channel=None, class_names=None, output_dir="explanations", resize_crop=0):
     """Explains images with one method and writes a figure per image (or per layer).
 
     Args:
@@ -154,15 +153,15 @@ def explain_images(model, image_paths, method="gradcam", class_index=None, layer
         channel: ``patches`` only: the channel of ``layer_name`` to maximize.
         class_names: names of the classes, or None.
         output_dir: folder for the PNG files.
-        crop_from: the run's ``augment.resize_crop`` (see ``pipeline.resize_for_model``).
+        resize_crop: the run's ``augment.resize_crop`` (see ``pipeline.resize_for_model``).
 
     Returns:
         A list of :class:`Written`.
     """
     if method not in METHODS:
         raise UserError(f"unknown method {method!r}. Valid methods: {', '.join(METHODS)}")
-    size = model_image_size(model)
-    files = [read_image(path, size, crop_from) for path in image_paths]
+    size = model_image_size(model, "explain.py")
+    files = [read_image(path, size, resize_crop) for path in image_paths]
     output_dir = Path(output_dir)
     if method == "patches":
         images = np.stack([file.pixels for file in files])  # (n, size, size, 3)

@@ -25,6 +25,8 @@ The images are a seeded random sample of the test split, read through the traini
 pipeline and explained 32 at a time.
 """
 
+import dataclasses
+
 import numpy as np
 import tensorflow as tf
 
@@ -40,7 +42,7 @@ from keras_caltech.explain.scoring import (centre_point_baseline, deletion_curve
                                            make_mosaic, pointing_game, random_heatmap)
 from keras_caltech.runs import write_json
 
-METRICS_FILE = "explain_metrics.json"
+SCORES_FILE = "explain_metrics.json"
 # Zhang et al. (2016) let the maximum miss the box by 15 px on images of about 224 px;
 # the same share of the side at any input size (4.3 px at 64 px).
 TOLERANCE_FRACTION = 15 / 224
@@ -54,7 +56,7 @@ SANITY_IMAGES = 16
 SANITY_THRESHOLD = 0.5
 
 
-def scale_box(entry, image_size, crop_from=0):
+def scale_box(entry, image_size, resize_crop=0):
     """Maps a ``boxes.json`` box onto the model's square input.
 
     Boxes are ``[x0, y0, x1, y1)`` in the saved image's pixels (``x1``, ``y1``
@@ -67,14 +69,14 @@ def scale_box(entry, image_size, crop_from=0):
     Args:
         entry: {"box": [x0, y0, x1, y1], "width": w, "height": h}.
         image_size: side of the model's input.
-        crop_from: the run's ``augment.resize_crop``.
+        resize_crop: the run's ``augment.resize_crop``.
 
     Returns:
         [x0, y0, x1, y1] float pixel indices of the input, inclusive, as
         ``scoring.pointing_game`` takes them, clipped to the image; None when the box
         lies wholly outside the part the model sees.
     """
-    left, top, right, bottom = crop_window(entry["width"], entry["height"], image_size, crop_from)
+    left, top, right, bottom = crop_window(entry["width"], entry["height"], image_size, resize_crop)
     x0, y0, x1, y1 = entry["box"]
     if x1 <= left or x0 >= right or y1 <= top or y0 >= bottom:
         return None
@@ -115,8 +117,63 @@ def mosaic_groups(labels, max_mosaics, rng):
     return groups
 
 
-def evaluate_run(run, method="gradcam", layer_name=None, max_images=200, seed=0,
-                 sanity_images=SANITY_IMAGES, log=None):
+@dataclasses.dataclass(frozen=True)
+class BoxScores:
+    """How one heatmap of the true class locates the object's box, beside the baselines.
+
+    Attributes:
+        pointing_hit: the heatmap's maximum lies in the box, within the tolerance.
+        centre_hit: the image centre does (the centre-point baseline).
+        energy: share of the heatmap's energy inside the box.
+        uniform_energy: that share for a uniform map: the box's share of the pixels.
+    """
+
+    pointing_hit: bool
+    centre_hit: bool
+    energy: float
+    uniform_energy: float
+
+
+@dataclasses.dataclass(frozen=True)
+class FaithfulnessScores:
+    """Deletion and insertion AUCs of one heatmap of the predicted class, beside random maps.
+
+    Attributes:
+        deletion, insertion: AUCs of the heatmap.
+        random_deletion, random_insertion: AUCs of a random map drawn at the heatmap's
+            resolution and upsampled like it.
+        pixel_deletion, pixel_insertion: AUCs of a per-pixel random map.
+        empty: the heatmap was empty (the image argues against the class).
+    """
+
+    deletion: float
+    insertion: float
+    random_deletion: float
+    random_insertion: float
+    pixel_deletion: float
+    pixel_insertion: float
+    empty: bool
+
+
+@dataclasses.dataclass
+class SampleScores:
+    """What one pass over the sampled test images gives, gathered batch by batch.
+
+    Attributes:
+        boxes: a :class:`BoxScores` per image with a box (datasets with ``boxes.json``).
+        faithfulness: a :class:`FaithfulnessScores` per image.
+        predicted_right: images whose predicted class is their true class.
+        heatmap_shape: (h, w) of the explainer's heatmaps.
+    """
+
+    boxes: list = dataclasses.field(default_factory=list)
+    faithfulness: list = dataclasses.field(default_factory=list)
+    predicted_right: int = 0
+    heatmap_shape: tuple = ()
+
+
+def assess_run(run, method="gradcam", layer_name=None, max_images=200, seed=0,
+               sanity_images=SANITY_IMAGES, log=None):
     """Scores a run's explanations on a seeded sample of its test split.
 
     Args:
@@ -130,67 +187,104 @@ def evaluate_run(run, method="gradcam", layer_name=None, max_images=200, seed=0,
         log: called with a progress line per section, or None.
 
     Returns:
-        The dict written to ``explain_metrics.json`` (see :func:`write_metrics`).
+        The scores dict written to ``explain_metrics.json`` (see :func:`write_scores`).
     """
     if max_images < 1:
         raise UserError(f"--max-images must be at least 1. Received: {max_images}")
     log = log or (lambda line: None)
     explainer = cam_explainer(run.model, method, layer_name)
     size = run.image_size
-    test = run.folder.splits["test"]
-    labels = np.array([label for _, label in test], int)
+    labels = np.array([label for _, label in run.folder.splits["test"]], int)
     if not len(labels):
         raise UserError(f"the test split of run {run.folder.path} holds no images")
     rng = np.random.default_rng(seed)
     chosen = np.sort(rng.permutation(len(labels))[:max_images])
 
     log(f"localisation and faithfulness on {len(chosen)} test images ...")
+    tolerance = TOLERANCE_FRACTION * size
+    sample = score_sample(run, explainer, chosen, tolerance)
+    scores = {
+        "run": str(run.folder.path), "model": run.model.name, "method": method,
+        "layer": explainer.layer_name, "heatmap_size": list(sample.heatmap_shape), "image_size": size,
+        "split": "test", "seed": seed, "num_images": len(chosen),
+        "accuracy_on_images": round(sample.predicted_right / len(chosen), 6),
+        "localisation": _localisation(sample.boxes, tolerance),
+        "grid_pointing_game": None, "faithfulness": _faithfulness(sample.faithfulness), "sanity": None,
+    }
+    log("grid pointing game on 2x2 mosaics ...")
+    scores["grid_pointing_game"] = _grid_pointing_game(run, explainer, chosen, labels[chosen],
+                                                       max(1, len(chosen) // 4), rng)
+    log(f"sanity check: cascading randomisation on {min(sanity_images, len(chosen))} images ...")
+    images, _ = load_split_images(run, "test", chosen[:sanity_images])
+    scores["sanity"] = _sanity(run.model, explainer, method, images, seed)
+    return scores
+
+
+def score_sample(run, explainer, chosen, tolerance):
+    """Localisation and faithfulness of the explanations of some test images.
+
+    Args:
+        run: an ``ExplainedRun``.
+        explainer: a CAM explainer of ``run.model``.
+        chosen: sorted positions in the test split's file list.
+        tolerance: pointing-game tolerance in input pixels.
+
+    Returns:
+        A :class:`SampleScores`; heatmaps of the true class are scored against boxes,
+        heatmaps of the predicted class for faithfulness.
+    """
+    size = run.image_size
+    test = run.folder.splits["test"]
     boxes = load_boxes(run.folder.root)
     forward = CompiledForward(run.model)
-    tolerance = TOLERANCE_FRACTION * size
-    located, faithful, predicted_right, heatmap_shape = [], [], 0, None
+    sample = SampleScores()
     offset = 0
     for images, batch_labels in split_dataset(run, "test", chosen):
         images, batch_labels = images.numpy(), batch_labels.numpy()
         for_true = explainer(images, batch_labels)
         for_predicted = explainer(images)
-        heatmap_shape = for_true.heatmaps.shape[1:]
-        predicted_right += int((for_predicted.class_indices == batch_labels).sum())
+        sample.heatmap_shape = for_true.heatmaps.shape[1:]
+        sample.predicted_right += int((for_predicted.class_indices == batch_labels).sum())
         for item, image in enumerate(images):
-            index = int(chosen[offset + item])
+            index = int(chosen[offset + item])  # its position in the test split seeds the random maps
             entry = boxes.get(test[index][0])
-            box = scale_box(entry, size, run.crop_from) if entry is not None else None
+            box = scale_box(entry, size, run.resize_crop) if entry is not None else None
             if box is not None:
-                heatmap = for_true.heatmaps[item]
-                located.append((pointing_game(heatmap, box, (size, size), tolerance),
-                                centre_point_baseline(box, (size, size), tolerance),
-                                energy_in_box(heatmap, box, (size, size)), box_share(box, size)))
-            heatmap, explained = for_predicted.heatmaps[item], int(for_predicted.class_indices[item])
-            curve = dict(steps=FAITHFULNESS_STEPS, batch_size=FAITHFULNESS_STEPS + 1)  # 1 pass each
-            scores = faithfulness(forward, image, heatmap, explained, seed=index, **curve)
-            coarse_random = random_heatmap(heatmap.shape, seed=index)  # the heatmap's resolution
-            faithful.append((scores.deletion, scores.insertion,
-                             deletion_curve(forward, image, coarse_random, explained, **curve).auc,
-                             insertion_curve(forward, image, coarse_random, explained, **curve).auc,
-                             scores.random_deletion, scores.random_insertion,
-                             bool(for_predicted.empty[item])))
+                sample.boxes.append(box_scores(for_true.heatmaps[item], box, size, tolerance))
+            sample.faithfulness.append(faithfulness_scores(
+                forward, image, for_predicted.heatmaps[item], int(for_predicted.class_indices[item]),
+                bool(for_predicted.empty[item]), seed=index))
         offset += len(images)
+    return sample
 
-    metrics = {
-        "run": str(run.folder.path), "model": run.model.name, "method": method,
-        "layer": explainer.layer_name, "heatmap_size": list(heatmap_shape), "image_size": size,
-        "split": "test", "seed": seed, "num_images": len(chosen),
-        "accuracy_on_images": round(predicted_right / len(chosen), 6),
-        "localisation": _localisation(located, tolerance),
-        "grid_pointing_game": None, "faithfulness": _faithfulness(faithful), "sanity": None,
-    }
-    log("grid pointing game on 2x2 mosaics ...")
-    metrics["grid_pointing_game"] = _grid_pointing_game(run, explainer, chosen, labels[chosen],
-                                                        max(1, len(chosen) // 4), rng)
-    log(f"sanity check: cascading randomisation on {min(sanity_images, len(chosen))} images ...")
-    sample, _ = load_split_images(run, "test", chosen[:sanity_images])
-    metrics["sanity"] = _sanity(run.model, explainer, method, sample, seed)
-    return metrics
+
+def box_scores(heatmap, box, image_size, tolerance):
+    """The :class:`BoxScores` of one heatmap; ``box`` as :func:`scale_box` returns it."""
+    shape = (image_size, image_size)
+    return BoxScores(pointing_hit=pointing_game(heatmap, box, shape, tolerance),
+                     centre_hit=centre_point_baseline(box, shape, tolerance),
+                     energy=energy_in_box(heatmap, box, shape), uniform_energy=box_share(box, image_size))
+
+
+def faithfulness_scores(forward, image, heatmap, class_index, empty, seed):
+    """The :class:`FaithfulnessScores` of one heatmap, explaining ``class_index``.
+
+    Args:
+        forward: the model's compiled forward pass.
+        image: (size, size, 3) RGB 0-255.
+        heatmap: (h, w) in [0, 1].
+        class_index: the explained class.
+        empty: whether the heatmap is empty.
+        seed: seeds both random maps.
+    """
+    curve = dict(steps=FAITHFULNESS_STEPS, batch_size=FAITHFULNESS_STEPS + 1)  # one pass per curve
+    scores = faithfulness(forward, image, heatmap, class_index, seed=seed, **curve)  # per-pixel random map
+    coarse_random = random_heatmap(heatmap.shape, seed=seed)  # at the heatmap's resolution
+    return FaithfulnessScores(
+        deletion=scores.deletion, insertion=scores.insertion,
+        random_deletion=deletion_curve(forward, image, coarse_random, class_index, **curve).auc,
+        random_insertion=insertion_curve(forward, image, coarse_random, class_index, **curve).auc,
+        pixel_deletion=scores.random_deletion, pixel_insertion=scores.random_insertion, empty=empty)
 
 
 def _mean(values):
@@ -198,21 +292,28 @@ def _mean(values):
 
 
 def _localisation(located, tolerance):
+    """The ``localisation`` section from a list of :class:`BoxScores`."""
     if not located:
         return {"skipped": "no boxes.json entry for these images (Caltech has no boxes): "
                            "see grid_pointing_game"}
-    hits, centre_hits, energies, shares = (np.array(column) for column in zip(*located))
     return {
         "explained": "true class", "num_images": len(located),
         "tolerance_px": round(tolerance, 3),
-        "pointing_game": _mean(hits), "centre_baseline": _mean(centre_hits),
-        "energy_in_box": _mean(energies), "uniform_baseline": _mean(shares),
+        "pointing_game": _mean([scores.pointing_hit for scores in located]),
+        "centre_baseline": _mean([scores.centre_hit for scores in located]),
+        "energy_in_box": _mean([scores.energy for scores in located]),
+        "uniform_baseline": _mean([scores.uniform_energy for scores in located]),
     }
 
 
 def _faithfulness(faithful):
-    (deletion, insertion, random_deletion, random_insertion, pixel_deletion, pixel_insertion,
-     empty) = (np.array(column) for column in zip(*faithful))
+    """The ``faithfulness`` section from a list of :class:`FaithfulnessScores`."""
+    def column(name):
+        return np.array([getattr(scores, name) for scores in faithful])
+
+    deletion, insertion = column("deletion"), column("insertion")
+    random_deletion, random_insertion = column("random_deletion"), column("random_insertion")
+    pixel_deletion, pixel_insertion = column("pixel_deletion"), column("pixel_insertion")
     return {
         "explained": "predicted class", "num_images": len(faithful), "steps": FAITHFULNESS_STEPS,
         "deletion_auc": _mean(deletion), "random_deletion_auc": _mean(random_deletion),
@@ -223,7 +324,7 @@ def _faithfulness(faithful):
         "pixel_random_insertion_auc": _mean(pixel_insertion),
         "beats_pixel_random": {"deletion": bool(deletion.mean() < pixel_deletion.mean()),
                                "insertion": bool(insertion.mean() > pixel_insertion.mean())},
-        "empty_maps": int(empty.sum()),
+        "empty_maps": int(column("empty").sum()),
     }
 
 
@@ -282,38 +383,38 @@ def _sanity(model, explainer, method, images, seed):
             "pass_threshold": SANITY_THRESHOLD, "methods": results}
 
 
-def write_metrics(run, metrics):
+def write_scores(run, scores):
     """Writes ``explain_metrics.json`` in the run folder; returns its path."""
-    path = run.folder.path / METRICS_FILE
-    write_json(path, metrics)
+    path = run.folder.path / SCORES_FILE
+    write_json(path, scores)
     return path
 
 
-def format_table(metrics):
-    """The printed summary of :func:`evaluate_run`: one score per line, baseline beside it."""
-    lines = [f"{metrics['method']} at {metrics['layer']} ({'x'.join(map(str, metrics['heatmap_size']))} "
-             f"map, {metrics['image_size']} px input) on {metrics['num_images']} test images of "
-             f"{metrics['run']} (top-1 on them {metrics['accuracy_on_images']:.1%})",
+def format_table(scores):
+    """The printed summary of :func:`assess_run`: one score per line, baseline beside it."""
+    lines = [f"{scores['method']} at {scores['layer']} ({'x'.join(map(str, scores['heatmap_size']))} "
+             f"map, {scores['image_size']} px input) on {scores['num_images']} test images of "
+             f"{scores['run']} (top-1 on them {scores['accuracy_on_images']:.1%})",
              f"{'score':<46}{'ours':>8}  baseline"]
 
     def row(name, ours, baseline, baseline_name):
         lines.append(f"{name:<46}{ours:>8.3f}  {baseline:.3f} ({baseline_name})")
 
-    local = metrics["localisation"]
+    local = scores["localisation"]
     if "skipped" in local:
         lines.append(f"localisation: skipped, {local['skipped']}")
     else:
         row(f"pointing game ({local['num_images']} boxes, tol {local['tolerance_px']:.1f} px)",
             local["pointing_game"], local["centre_baseline"], "centre point")
         row("energy in box", local["energy_in_box"], local["uniform_baseline"], "uniform map")
-    grid = metrics["grid_pointing_game"]
+    grid = scores["grid_pointing_game"]
     if "skipped" in grid:
         lines.append(f"grid pointing game: skipped, {grid['skipped']}")
     else:
         row(f"grid pointing game ({grid['num_mosaics']} 2x2 mosaics)", grid["accuracy"],
             grid["chance"], "chance")
-    faith = metrics["faithfulness"]
-    size = "x".join(map(str, metrics["heatmap_size"]))
+    faith = scores["faithfulness"]
+    size = "x".join(map(str, scores["heatmap_size"]))
     for curve, better in (("deletion", "lower"), ("insertion", "higher")):
         row(f"{curve} AUC ({better} is better)", faith[f"{curve}_auc"],
             faith[f"random_{curve}_auc"], f"random {size} map")
@@ -323,7 +424,7 @@ def format_table(metrics):
         f"{curve} {verdict[faith['beats_random'][curve]]} the random {size} map, "
         f"{verdict[faith['beats_pixel_random'][curve]]} the per-pixel one"
         for curve in ("deletion", "insertion")))
-    sanity = metrics["sanity"]
+    sanity = scores["sanity"]
     names = list(sanity["methods"])
     lines.append(f"sanity: rank correlation with the trained model's maps ({sanity['num_images']} images), "
                  f"layers randomised from the logits down to:")
