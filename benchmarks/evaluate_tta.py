@@ -23,7 +23,7 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from keras_caltech.config import TTA_MODES, check_choice  # noqa: E402
-from keras_caltech.data.pipeline import materialize_split  # noqa: E402
+from keras_caltech.data.pipeline import split_files  # noqa: E402
 from keras_caltech.data.synthetic import class_folder_names, generate_dataset  # noqa: E402
 from keras_caltech.evaluation.tta import (TTA_VIEWS, images_per_batch, tta_dataset,  # noqa: E402
                                           tta_forward, tta_load_size)
@@ -50,7 +50,7 @@ def one_pass(dataset, forward):
     return time.perf_counter() - started
 
 
-def time_modes(model, view_dir, class_names, image_size, modes, batch_size, repeats):
+def time_modes(model, files, image_size, modes, batch_size, repeats):
     """Best seconds per mode over ``repeats`` passes, the modes interleaved.
 
     Interleaving makes a burst of load from other processes on a shared machine hit
@@ -58,7 +58,7 @@ def time_modes(model, view_dir, class_names, image_size, modes, batch_size, repe
     """
     pipelines = {}
     for mode in modes:
-        dataset = tta_dataset(view_dir, class_names, image_size, mode, images_per_batch(batch_size, mode))
+        dataset = tta_dataset(*files, image_size, mode, images_per_batch(batch_size, mode))
         pipelines[mode] = (dataset, tta_forward(model, mode, image_size))
         one_pass(*pipelines[mode])  # untimed: traces the function and warms the file cache
     best = {mode: float("inf") for mode in modes}
@@ -80,9 +80,8 @@ def main(argv=None):
                                 max_size=2 * args.image_size)
         pairs = [(f"{name}/{path.name}", label) for label, name in enumerate(class_names)
                  for path in sorted((root / name).glob("*.jpg"))]
-        view_dir = materialize_split(root, pairs, class_names, pathlib.Path(temporary) / "view")
         model = create_model(args.model, len(class_names), args.image_size)
-        seconds = time_modes(model, view_dir, class_names, args.image_size, modes, args.batch_size, args.repeats)
+        seconds = time_modes(model, split_files(root, pairs), args.image_size, modes, args.batch_size, args.repeats)
     print(f"{args.model} at {args.image_size} px, {len(pairs)} images, {args.batch_size} views per forward pass, "
           f"best of {args.repeats}; {os.cpu_count()} CPU(s), {platform.processor() or platform.machine()}")
     print(f"{'mode':<8}{'views':>6}{'resize':>8}{'images/s':>11}{'views/s':>10}{'cost/image':>12}")

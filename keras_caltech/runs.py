@@ -180,8 +180,7 @@ class RunFolder:
         """
         if not pathlib.Path(data).is_dir():
             raise UserError(f"--data {data} is not a folder: give the folder that holds the run's class folders")
-        # Resolved: the split views link to root/relative, and a relative link target would
-        # be read from the link's own folder.
+        # Resolved: splits.json keeps an absolute root, whichever folder a later command runs in.
         return dataclasses.replace(self, root=pathlib.Path(data).resolve())
 
 

@@ -93,7 +93,7 @@ def tiny_runs(tiny_dataset, tmp_path_factory):
 
 
 def copy_run(run_dir, destination, leave_out=()):
-    """Copies a run folder (its split_view links stay links), leaving out the named files."""
+    """Copies a run folder, leaving out the named files."""
     import shutil
 
     return shutil.copytree(run_dir, destination, symlinks=True, ignore=lambda folder, names: [

@@ -165,7 +165,7 @@ def test_a_config_file_is_checked_as_overrides_are(tmp_path):
 
 
 def test_every_valid_choice_is_one_the_code_acting_on_it_handles():
-    """A choice added to config.py without the code for it fails here, not in a user's run."""
+    """A choice added to config_checks.py without the code for it fails here, not in a user's run."""
     import keras
 
     from keras_caltech import config as config_module

@@ -156,15 +156,3 @@ def test_mycnn_starts_from_pytorchs_initialization_and_batchnorm():
         assert np.abs(kernel).max() <= bound and np.abs(kernel).max() > 0.9 * bound, name
     assert model.get_layer("block1_bn").momentum == BATCH_NORM_MOMENTUM == 0.9
     assert model.get_layer("block1_bn").epsilon == 1e-5
-
-
-@pytest.mark.parametrize("total_steps", [1, 2, 3, 5])
-def test_the_recipes_one_cycle_schedule_accepts_runs_of_a_few_steps(total_steps):
-    from keras_caltech.training.optim import make_schedule
-
-    train_config = load_config(CONFIGS / "default.yaml", [f"train.epochs={total_steps}"]).train
-    schedule = make_schedule(train_config, steps_per_epoch=1)
-    rates = [float(schedule(step)) if callable(schedule) else schedule for step in range(total_steps)]
-    # It never exceeds the peak, and a run of two steps or more ends below where it peaked.
-    assert max(rates) <= train_config.learning_rate * (1 + 1e-6)
-    assert total_steps == 1 or rates[-1] < max(rates)

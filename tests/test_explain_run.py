@@ -16,8 +16,8 @@ from conftest import copy_run
 import explain
 from keras_caltech.data.pipeline import crop_window, load_image
 from keras_caltech.explain.gallery import choose_sample
-from keras_caltech.explain.assess import box_share, mosaic_groups, scale_box
 from keras_caltech.explain.image_files import read_image
+from keras_caltech.explain.localisation_scores import box_share, mosaic_groups, scale_box
 from keras_caltech.models.loading import load_model_safely
 
 
@@ -27,7 +27,7 @@ def run_dir(tiny_runs, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def test_split(run_dir):
+def run_test_split(run_dir):
     """(absolute paths, labels, the run model's predictions) of the run's test split."""
     splits = json.loads((run_dir / "splits.json").read_text())
     paths = [pathlib.Path(splits["root"]) / relative for relative, _ in splits["test"]]
@@ -45,8 +45,8 @@ def run_explain(argv, capsys):
 
 # --- One image, with the run's model and class names ---------------------------------
 
-def test_an_image_is_explained_with_the_runs_model_into_its_explain_folder(run_dir, test_split, capsys):
-    paths, _, predictions = test_split
+def test_an_image_is_explained_with_the_runs_model_into_its_explain_folder(run_dir, run_test_split, capsys):
+    paths, _, predictions = run_test_split
     code, out, _ = run_explain(["--run", run_dir, "--image", paths[0]], capsys)
     assert code == 0
     figure = run_dir / "explain" / f"{paths[0].stem}_gradcam.png"
@@ -58,9 +58,9 @@ def test_an_image_is_explained_with_the_runs_model_into_its_explain_folder(run_d
     assert sorted(name.rsplit(" ", 1)[0] for name in top) == sorted(class_names)
 
 
-def test_a_bare_caltech_name_selects_the_class_and_a_typo_suggests_the_full_name(run_dir, test_split,
+def test_a_bare_caltech_name_selects_the_class_and_a_typo_suggests_the_full_name(run_dir, run_test_split,
                                                                                 tmp_path, capsys):
-    paths, _, _ = test_split
+    paths, _, _ = run_test_split
     code, out, _ = run_explain(["--run", run_dir, "--image", paths[0], "--class", "ring",
                                 "--output-dir", tmp_path], capsys)
     assert code == 0 and "explained 002.ring" in out
@@ -68,8 +68,8 @@ def test_a_bare_caltech_name_selects_the_class_and_a_typo_suggests_the_full_name
     assert code == 2 and err.startswith("error: unknown class 'rnig'. Did you mean 002.ring?")
 
 
-def test_images_are_read_by_the_training_pipeline_and_keep_their_original(test_split):
-    paths, _, _ = test_split
+def test_images_are_read_by_the_training_pipeline_and_keep_their_original(run_test_split):
+    paths, _, _ = run_test_split
     image = read_image(paths[0], 32)
     np.testing.assert_array_equal(image.pixels, load_image(paths[0], 32))
     from PIL import Image
@@ -117,9 +117,9 @@ def test_asking_for_more_classes_and_images_than_the_test_split_has_says_so(run_
     assert (tmp_path / "gradcam_sample_9x5.html").read_text().count("data:image/png") == 8 * 3
 
 
-def test_misclassified_draws_each_mistake_and_reports_when_there_are_fewer(run_dir, test_split,
+def test_misclassified_draws_each_mistake_and_reports_when_there_are_fewer(run_dir, run_test_split,
                                                                           tmp_path, capsys):
-    _, labels, predictions = test_split
+    _, labels, predictions = run_test_split
     mistakes = int((predictions != labels).sum())
     code, out, _ = run_explain(["--run", run_dir, "--misclassified", 1000, "--output-dir", tmp_path],
                                capsys)
@@ -136,8 +136,8 @@ def test_misclassified_draws_each_mistake_and_reports_when_there_are_fewer(run_d
     assert (tmp_path / "gradcam_misclassified.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_patches_scan_the_whole_test_split_of_a_run(run_dir, test_split, tmp_path, capsys):
-    paths, _, _ = test_split
+def test_patches_scan_the_whole_test_split_of_a_run(run_dir, run_test_split, tmp_path, capsys):
+    paths, _, _ = run_test_split
     code, out, _ = run_explain(["--run", run_dir, "--method", "patches", "--layer", "block3_relu",
                                 "--channel", 5, "--output-dir", tmp_path], capsys)
     assert code == 0 and f"from {len(paths)} image(s)" in out

@@ -50,7 +50,7 @@ def test_evaluate_names_the_missing_folder_and_then_reads_the_new_place(moved, t
 def test_a_relative_data_path_works_from_the_current_folder(moved, monkeypatch, capsys):
     (run, _), new_place = moved
     monkeypatch.chdir(new_place.parent)
-    assert main(["evaluate", str(run), "--data", new_place.name]) == 0  # the split view links need absolute targets
+    assert main(["evaluate", str(run), "--data", new_place.name]) == 0  # resolved against the current folder
 
 
 def test_ensemble_with_data_still_refuses_runs_tested_on_different_datasets(moved, tmp_path, capsys):

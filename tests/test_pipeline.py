@@ -1,4 +1,5 @@
 import dataclasses
+import os
 
 import keras
 import numpy as np
@@ -12,49 +13,52 @@ from keras_caltech.data.splits import stratified_split
 
 
 @pytest.fixture()
-def test_view(tiny_dataset, tmp_path):
+def held_out(tiny_dataset):
+    """(scan result, the test split's (relative path, label) pairs, its (paths, labels))."""
     result = scan.scan_dataset(tiny_dataset)
     splits = stratified_split(result.files, result.class_names, seed=0)
-    view = pipeline.materialize_split(result.root, splits["test"], result.class_names, tmp_path / "view")
-    return result, splits["test"], view
+    return result, splits["test"], pipeline.split_files(result.root, splits["test"])
 
 
-def test_pipeline_labels_and_files_are_the_split_in_class_order(test_view):
-    result, pairs, view = test_view
-    dataset = pipeline.make_dataset(view, result.class_names, 32, 4)
+def test_pipeline_labels_and_files_are_the_split_in_its_saved_order(held_out):
+    result, pairs, files = held_out
+    dataset = pipeline.make_dataset(*files, 32, 4)
     labels = np.concatenate([batch_labels.numpy() for _, batch_labels in dataset])
-    assert sorted(labels.tolist()) == sorted(label for _, label in pairs)
-    assert labels.tolist() == sorted(labels.tolist())  # unshuffled: class by class
+    assert labels.tolist() == [label for _, label in pairs]
+    assert dataset.file_paths == [str(result.root / relative) for relative, _ in pairs]
 
 
-def test_every_path_preprocesses_an_image_exactly_as_training_does(test_view):
-    """One source of truth: the dataset, load_image and decode_and_resize agree bit for bit."""
-    result, pairs, view = test_view
-    batch, _ = next(iter(pipeline.make_dataset(view, result.class_names, 40, 64)))
-    dataset = keras.utils.image_dataset_from_directory(
-        view, class_names=result.class_names, batch_size=None, image_size=(8, 8), shuffle=False)
-    for index, path in enumerate(dataset.file_paths[:5]):
+def test_the_split_reader_decodes_and_resizes_exactly_as_image_dataset_from_directory(held_out):
+    """One source of truth: the reader, load_image, decode_and_resize and Keras' loader agree bit for bit."""
+    result, _, files = held_out
+    reference = keras.utils.image_dataset_from_directory(
+        result.root, class_names=result.class_names, batch_size=None, image_size=(40, 40), shuffle=False,
+        interpolation="bilinear", verbose=False)
+    expected = {os.path.realpath(path): image.numpy() for path, (image, _) in zip(reference.file_paths, reference)}
+    batch, _ = next(iter(pipeline.make_dataset(*files, 40, 64)))
+    for index, path in enumerate(files[0][:5]):
+        np.testing.assert_array_equal(batch[index].numpy(), expected[os.path.realpath(path)])
         np.testing.assert_array_equal(batch[index].numpy(), pipeline.load_image(path, 40))
         encoded = tf.io.read_file(path)
         np.testing.assert_array_equal(batch[index].numpy(), pipeline.decode_and_resize(encoded, 40).numpy())
 
 
-def test_a_run_trained_on_crops_is_evaluated_on_the_central_crop_everywhere(test_view):
+def test_a_run_trained_on_crops_is_evaluated_on_the_central_crop_everywhere(held_out):
     """augment.resize_crop=40 at 32 px: every test path resizes to 40 and keeps the middle 32."""
     from keras_caltech.evaluation.tta import tta_views
 
-    result, _, view = test_view
-    cropped = pipeline.make_dataset(view, result.class_names, 32, 64, resize_crop=40)
+    _, _, files = held_out
+    cropped = pipeline.make_dataset(*files, 32, 64, resize_crop=40)
     images, _ = next(iter(cropped))
-    whole, _ = next(iter(pipeline.make_dataset(view, result.class_names, 32, 64, load_size=40)))
+    whole, _ = next(iter(pipeline.make_dataset(*files, 32, 64, load_size=40)))
     np.testing.assert_array_equal(images.numpy(), whole.numpy()[:, 4:36, 4:36])
     np.testing.assert_array_equal(tta_views(whole, "10crop", 32).numpy()[4 * len(whole):5 * len(whole)],
                                   images.numpy())  # the same view as 10-crop's centre crop
     for index, path in enumerate(cropped.file_paths[:3]):
         np.testing.assert_array_equal(images[index].numpy(), pipeline.load_image(path, 32, resize_crop=40))
-    plain, _ = next(iter(pipeline.make_dataset(view, result.class_names, 32, 64, resize_crop=32)))
+    plain, _ = next(iter(pipeline.make_dataset(*files, 32, 64, resize_crop=32)))
     np.testing.assert_array_equal(plain.numpy(), next(iter(pipeline.make_dataset(
-        view, result.class_names, 32, 64)))[0].numpy())  # a resize_crop not above the size: no crop
+        *files, 32, 64)))[0].numpy())  # a resize_crop not above the size: no crop
 
 
 def test_the_crop_window_is_the_part_of_the_original_the_model_sees():
@@ -70,8 +74,7 @@ def test_the_crop_window_is_the_part_of_the_original_the_model_sees():
 def test_broken_files_never_reach_an_epoch(messy_dataset, tmp_path):
     root, usable, _ = messy_dataset
     result = scan.scan_dataset(root)
-    view = pipeline.materialize_split(result.root, result.files, result.class_names, tmp_path / "view")
-    batches = pipeline.EpochBatches(view, result.class_names, 24, 5, augmenter=build_augmenter(AugmentConfig(), 24))
+    batches = pipeline.EpochBatches(*pipeline.split_files(result.root, result.files), result.class_names, 24, 5, augmenter=build_augmenter(AugmentConfig(), 24))
     for epoch in range(2):  # two full epochs, every file decoded
         count = sum(int(images.shape[0]) for images, _ in batches(epoch))
         assert count == len(result.files) and len(batches) == -(-count // 5)
@@ -80,16 +83,16 @@ def test_broken_files_never_reach_an_epoch(messy_dataset, tmp_path):
 
 
 @pytest.mark.parametrize("cache", ["none", "memory"])
-def test_each_epoch_is_a_function_of_seed_and_epoch_alone(test_view, cache):
+def test_each_epoch_is_a_function_of_seed_and_epoch_alone(held_out, cache):
     """A resumed run rebuilds epoch k without replaying epochs 0..k-1: same order, same flips."""
-    result, _, view = test_view
+    result, _, files = held_out
 
     def epoch(batches, index):
         pairs = [(images.numpy(), labels.numpy()) for images, labels in batches(index)]
         return np.concatenate([images for images, _ in pairs]), np.concatenate([labels for _, labels in pairs])
 
     def make(seed):
-        return pipeline.EpochBatches(view, result.class_names, 16, 3, seed=seed, cache=cache,
+        return pipeline.EpochBatches(*files, result.class_names, 16, 3, seed=seed, cache=cache,
                                      augmenter=build_augmenter(AugmentConfig(horizontal_flip=True), 16, seed=seed))
 
     first = make(3)
@@ -115,10 +118,10 @@ def test_keyed_augmentation_is_the_same_eagerly_and_inside_tf_data_and_varies_wi
     assert not np.allclose(augment_batch(augmenter, images, tf.constant([7, 3], tf.int64)).numpy(), eager)
 
 
-def test_unknown_cache_mode_lists_the_valid_ones(test_view):
-    result, _, view = test_view
+def test_unknown_cache_mode_lists_the_valid_ones(held_out):
+    result, _, files = held_out
     with pytest.raises(ValueError, match="none, memory, disk"):
-        pipeline.make_dataset(view, result.class_names, 16, 4, cache="ram")
+        pipeline.make_dataset(*files, 16, 4, cache="ram")
 
 
 def test_channel_statistics_match_a_hand_computation():

@@ -1,7 +1,8 @@
-"""Training recipes: optimizers and schedules as configured, label smoothing, MixUp/CutMix,
-RandAugment and random erasing, class weights, balanced sampling; one end-to-end epoch.
+"""Training recipes: optimizers as configured, label smoothing, MixUp/CutMix, RandAugment
+and random erasing, class weights, balanced sampling; one end-to-end epoch.
 
-Data ops are checked eagerly and inside tf.data. Run: python -m pytest tests/test_recipes.py
+Learning-rate schedules, as configured too, are tested in test_schedules.py. Data ops are
+checked eagerly and inside tf.data. Run: python -m pytest tests/test_recipes.py
 """
 
 import csv
@@ -20,7 +21,7 @@ from PIL import Image
 import train
 from keras_caltech.config import load_config
 from keras_caltech.data.augment import build_augmenter
-from keras_caltech.data.pipeline import EpochBatches, load_image, materialize_split
+from keras_caltech.data.pipeline import EpochBatches, load_image, split_files
 from keras_caltech.errors import UserError
 from keras_caltech.training.optim import AdamWithL2, SGDWithL2, make_optimizer
 from keras_caltech.training.recipes import batch_transform, build_batch_mixer, class_weights, loss_and_metrics
@@ -34,69 +35,7 @@ def train_config(*overrides):
     return load_config(None, list(overrides)).train
 
 
-def rate_at(optimizer, step):
-    """The optimizer's learning rate at ``step`` (its schedule reads the step counter)."""
-    optimizer.iterations.assign(step)
-    return float(optimizer.learning_rate)
-
-
-# --- Optimizers and schedules, as make_optimizer wires them ---------------------------
-
-
-def test_a_constant_rate_stays_put():
-    optimizer = make_optimizer(train_config("train.schedule=constant", "train.learning_rate=0.05"),
-                               STEPS_PER_EPOCH)
-    assert [rate_at(optimizer, step) for step in (0, 7, 500)] == pytest.approx([0.05] * 3)
-
-
-def test_the_step_schedule_multiplies_by_gamma_every_step_epochs():
-    train_section = train_config("train.schedule=step", "train.learning_rate=0.01", "train.step_epochs=2",
-                                 "train.step_gamma=0.1", "train.epochs=7")
-    optimizer = make_optimizer(train_section, STEPS_PER_EPOCH)
-    for step in (0, 19, 20, 39, 40, 69):
-        expected = 0.01 * 0.1 ** math.floor(step / (STEPS_PER_EPOCH * 2))
-        assert rate_at(optimizer, step) == pytest.approx(expected, rel=1e-5), step
-
-
-def one_cycle(step, peak, total, pct_start=0.3, div_factor=25.0, final_div_factor=1e4):
-    """PyTorch's OneCycleLR (cosine, two phases), written out independently."""
-    start, peak_step, last = peak / div_factor, pct_start * total - 1, total - 1
-    end = start / final_div_factor
-    if step <= peak_step:
-        first, second, progress = start, peak, step / peak_step
-    else:
-        first, second, progress = peak, end, (step - peak_step) / (last - peak_step)
-    return second + (first - second) * (1 + math.cos(math.pi * progress)) / 2
-
-
-def test_onecycle_peaks_at_the_learning_rate_after_pct_start_of_the_run():
-    train_section = train_config("train.schedule=onecycle", "train.learning_rate=0.1", "train.epochs=20",
-                                 "train.pct_start=0.3")
-    optimizer = make_optimizer(train_section, STEPS_PER_EPOCH)
-    total = 20 * STEPS_PER_EPOCH
-    for step in (0, 10, 59, 60, 120, 199):
-        assert rate_at(optimizer, step) == pytest.approx(one_cycle(step, 0.1, total), rel=1e-4), step
-    assert rate_at(optimizer, 59) == pytest.approx(0.1)  # the peak, at 0.3 * 200 - 1
-
-
-def test_cosine_warms_up_linearly_then_decays_to_zero():
-    train_section = train_config("train.schedule=cosine", "train.learning_rate=0.002", "train.epochs=5",
-                                 "train.warmup_epochs=1")
-    optimizer = make_optimizer(train_section, STEPS_PER_EPOCH)
-    warmup, total = STEPS_PER_EPOCH, 5 * STEPS_PER_EPOCH
-    for step in (0, 5, 10, 30, 50):
-        if step < warmup:
-            expected = 0.002 * step / warmup
-        else:
-            expected = 0.002 * (1 + math.cos(math.pi * (step - warmup) / (total - warmup))) / 2
-        assert rate_at(optimizer, step) == pytest.approx(expected, rel=1e-4, abs=1e-9), step
-
-
-def test_a_fine_tuning_phase_runs_the_schedule_over_its_own_epochs_and_rate():
-    train_section = train_config("train.schedule=onecycle", "train.learning_rate=0.1", "train.epochs=20")
-    optimizer = make_optimizer(train_section, STEPS_PER_EPOCH, epochs=3, learning_rate=1e-4)
-    assert rate_at(optimizer, 8) == pytest.approx(1e-4)  # peak at 0.3 * 30 - 1
-    assert rate_at(optimizer, 29) == pytest.approx(one_cycle(29, 1e-4, 30), rel=1e-4)
+# --- Optimizers, as make_optimizer builds them ---------------------------------------------
 
 
 def test_optimizers_carry_momentum_nesterov_and_weight_decay():
@@ -133,10 +72,9 @@ def test_adam_decays_through_its_gradient_and_adamw_decays_the_weight_directly()
 
 @pytest.mark.parametrize("override, message", [
     ("train.optimizer=rmsprop", "Valid optimizers: adam, adamw, sgd"),
-    ("train.schedule=poly", "Valid schedules: constant, step, onecycle, cosine"),
     ("train.weight_decay=-1", "train.weight_decay must be >= 0"),
 ])
-def test_unknown_optimizers_and_schedules_list_the_valid_ones_as_the_config_loads(override, message):
+def test_unknown_optimizers_and_negative_decay_are_refused_as_the_config_loads(override, message):
     with pytest.raises(UserError, match=message):
         load_config(None, [override])
 
@@ -290,8 +228,8 @@ def test_class_weights_need_every_class_in_the_training_split():
 
 
 @pytest.fixture()
-def imbalanced_view(tmp_path):
-    """A split view with 18 red images of class 'common' and 2 blue ones of class 'rare'."""
+def imbalanced_files(tmp_path):
+    """(paths, labels) of 18 red images of class 'common' and 2 blue ones of class 'rare', and the class names."""
     root = tmp_path / "data"
     pairs = []
     for label, (name, count, colour) in enumerate([("001.common", 18, (255, 0, 0)), ("002.rare", 2, (0, 0, 255))]):
@@ -299,13 +237,12 @@ def imbalanced_view(tmp_path):
         for index in range(count):
             Image.new("RGB", (12, 10), colour).save(root / name / f"{index}.png")
             pairs.append((f"{name}/{index}.png", label))
-    class_names = ["001.common", "002.rare"]
-    return materialize_split(root, pairs, class_names, tmp_path / "view"), class_names
+    return split_files(root, pairs), ["001.common", "002.rare"]
 
 
-def test_balanced_sampling_draws_both_classes_equally_with_the_right_images(imbalanced_view):
-    view, class_names = imbalanced_view
-    batches = EpochBatches(view, class_names, 8, 5, seed=0, balanced=True)
+def test_balanced_sampling_draws_both_classes_equally_with_the_right_images(imbalanced_files):
+    files, class_names = imbalanced_files
+    batches = EpochBatches(*files, class_names, 8, 5, seed=0, balanced=True)
     labels = []
     for index in range(10):  # 10 epochs of 20 images (the split's size) each
         epoch = [(images.numpy(), batch_labels.numpy()) for images, batch_labels in batches(index)]
@@ -320,7 +257,7 @@ def test_balanced_sampling_draws_both_classes_equally_with_the_right_images(imba
     again = np.concatenate([batch_labels for _, batch_labels in batches(9).as_numpy_iterator()])
     np.testing.assert_array_equal(again, labels[-20:])
     # Decoded and resized exactly as the rest of the pipeline does.
-    expected = load_image(next((view / "002.rare").iterdir()), 8)
+    expected = load_image(files[0][-1], 8)  # a rare (blue) image
     blue = next(images[labels_ == 1][0] for images, labels_ in batches(0).as_numpy_iterator() if (labels_ == 1).any())
     np.testing.assert_array_equal(blue, expected)
 
@@ -333,13 +270,11 @@ def test_validation_of_a_run_trained_on_crops_sees_the_central_crop(tiny_dataset
 
     result = scan.scan_dataset(tiny_dataset)
     splits = stratified_split(result.files, result.class_names, seed=0)
-    views = {name: materialize_split(result.root, splits[name], result.class_names, tmp_path / name)
-             for name in ("train", "val")}
+    files = {name: split_files(result.root, splits[name]) for name in ("train", "val")}
     config = load_config(None, ["data.image_size=32", "augment.resize_crop=40", "augment.horizontal_flip=false"])
-    train_batches, val_data = make_fit_data(config, views, result.class_names, tmp_path / "cache", 32)
+    train_batches, val_data = make_fit_data(config, files, result.class_names, tmp_path / "cache", 32)
     images, _ = next(iter(val_data))
-    first = sorted((views["val"] / result.class_names[0]).iterdir())[0]
-    np.testing.assert_array_equal(images[0].numpy(), load_image(first, 32, resize_crop=40))
+    np.testing.assert_array_equal(images[0].numpy(), load_image(files["val"][0][0], 32, resize_crop=40))
     assert next(iter(train_batches(0)))[0].shape[1:] == (32, 32, 3)
 
 

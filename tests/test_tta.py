@@ -100,14 +100,12 @@ def test_tta_on_a_position_dependent_model_gives_the_hand_computed_average(tmp_p
     # Files saved at the side they are resized to, so resizing changes nothing.
     side = max(resize_crop, tta_load_size(mode, image_size, resize_crop))
     rng = np.random.default_rng(0)
-    class_names = ["a", "b", "c"]
-    for name in class_names:
-        (tmp_path / name).mkdir()
     images = [rng.integers(0, 256, (side, side, 3), dtype=np.uint8) for _ in range(3)]
-    for index, image in enumerate(images):  # two images in one batch, one in the last: batching is checked too
-        Image.fromarray(image).save(tmp_path / "a" / f"{index}.png")
-    logits, labels, files = predict_with_tta(top_left_mean_model(image_size, region), tmp_path, class_names,
-                                             mode, batch_size=2 * {"none": 1, "flip": 2, "10crop": 10}[mode],
+    paths = [tmp_path / f"{index}.png" for index in range(3)]
+    for path, image in zip(paths, images):  # two images in one batch, one in the last: batching is checked too
+        Image.fromarray(image).save(path)
+    logits, labels, files = predict_with_tta(top_left_mean_model(image_size, region), paths, [0, 0, 0], mode,
+                                             batch_size=2 * {"none": 1, "flip": 2, "10crop": 10}[mode],
                                              resize_crop=resize_crop)
     assert [path.name for path in files] == ["0.png", "1.png", "2.png"] and list(labels) == [0, 0, 0]
     expected = [hand_computed_logits(image.astype(np.float64), mode, image_size, region) for image in images]
@@ -119,4 +117,4 @@ def test_a_model_without_a_fixed_square_input_is_refused_before_any_image_is_rea
     model = keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(inputs), name="flexible")
     with pytest.raises(UserError, match=r"model 'flexible' takes images of shape \(None, None, 3\); "
                                         r"evaluation needs a fixed square input"):
-        predict_with_tta(model, tmp_path, ["a"], "none", batch_size=2)  # tmp_path holds no images
+        predict_with_tta(model, [tmp_path / "missing.png"], [0], "none", batch_size=2)  # never read

@@ -19,7 +19,7 @@ import numpy as np
 
 from keras_caltech.config import AugmentConfig
 from keras_caltech.data.augment import build_augmenter, load_size
-from keras_caltech.data.pipeline import EpochBatches, materialize_split
+from keras_caltech.data.pipeline import EpochBatches, split_files
 from keras_caltech.data.synthetic import class_folder_names, generate_dataset
 from timing import Row, interleaved, rate
 from sections.train_step import MODEL_TITLES
@@ -28,18 +28,18 @@ PIPELINE_GOAL = 3.0
 
 
 def make_jpeg_folder(root, images_per_class, num_classes, min_size, max_size):
-    """Generates the JPEGs and a split view of all of them; returns (view_dir, class_names, mean w, mean h)."""
+    """Generates the JPEGs; returns ((paths, labels) of all of them, class_names, count, mean w, mean h)."""
     root = pathlib.Path(root)
     generate_dataset(root / "jpegs", images_per_class=images_per_class, num_classes=num_classes, seed=0,
                      min_size=min_size, max_size=max_size)
     class_names = class_folder_names(num_classes)
     pairs = [(path.relative_to(root / "jpegs").as_posix(), label)
              for label, name in enumerate(class_names) for path in sorted((root / "jpegs" / name).glob("*.jpg"))]
-    view = materialize_split(root / "jpegs", pairs, class_names, root / "view")
+    files = split_files(root / "jpegs", pairs)
     import cv2
 
     sizes = np.array([cv2.imread(str(root / "jpegs" / relative)).shape[:2] for relative, _ in pairs])
-    return view, class_names, len(pairs), float(sizes[:, 1].mean()), float(sizes[:, 0].mean())
+    return files, class_names, len(pairs), float(sizes[:, 1].mean()), float(sizes[:, 0].mean())
 
 
 def epoch_runner(dataset):
@@ -58,14 +58,14 @@ def run(options, context):
     """Rows for section 3 (compares with section 1's ``context["train_rate"]`` when present)."""
     rows = []
     with tempfile.TemporaryDirectory() as folder:
-        view, class_names, count, width, height = make_jpeg_folder(
+        files, class_names, count, width, height = make_jpeg_folder(
             folder, options.jpeg_images // 10, 10, options.jpeg_min, options.jpeg_max)
         for image_size in options.train_sizes:
             augment = AugmentConfig(horizontal_flip=True, resize_crop=image_size * 8 // 7)
             contenders = {}
             for cache in ("none", "memory"):
                 # The training split's batches exactly as the trainer builds them (epoch 0).
-                batches = EpochBatches(view, class_names, image_size, options.batch_size,
+                batches = EpochBatches(*files, class_names, image_size, options.batch_size,
                                        augmenter=build_augmenter(augment, image_size), cache=cache,
                                        load_size=load_size(augment, image_size))
                 contenders[cache] = epoch_runner(batches(0))

@@ -1,32 +1,28 @@
-"""The tf.data input pipeline, built around ``keras.utils.image_dataset_from_directory``.
+"""The tf.data input pipeline: one reader of a split, then cache, batching, augmentation.
 
-A split is materialised as a folder of symbolic links to the scanned, decodable files
-(``split_view/<split>/<class>/<file>``), and ``image_dataset_from_directory`` reads that
-folder: it never meets a broken file, its labels follow our class order, and the split
-stays exactly the saved file list. On top: optional cache of decoded, resized images,
-batching in file order and prefetch (:func:`make_dataset`, for evaluation and statistics).
+Every image the project feeds a model, in training, evaluation, test-time augmentation,
+explanation or serving, is decoded by ``tf.io.decode_image`` (3 channels, first frame)
+and resized bilinearly to a square, exactly as ``keras.utils.image_dataset_from_directory``
+does (tested bit for bit against it): :func:`decode_and_resize`. A split is read by one
+function, :func:`read_split`, from its file list; :func:`make_dataset` (evaluation,
+validation, statistics) and :class:`EpochBatches` (training) are built on it, and
+explanations read chosen images through it. Normalization is the model's own first layer.
 
-Training data is :class:`EpochBatches`: each epoch's order, augmentation and batch
-mixing are a function of (seed, epoch) alone, so a resumed run replays exactly the
-batches an uninterrupted one sees.
+Why the reader is not ``image_dataset_from_directory`` itself, though it decodes as that
+function does: a split is a saved, seeded file list (``splits.json``), not a folder, so
+that function would need a folder of symbolic links per split; training reads each epoch
+in an order that is a function of (seed, epoch) alone, so that a resumed run replays the
+batches of an uninterrupted one, or draws classes equally often with repeats; and
+explanations read chosen images in a chosen order. ``image_dataset_from_directory``
+lists and orders a folder itself and takes none of these orders.
 
-One source of truth for preprocessing: every image the project feeds a model, in
-training, evaluation, explanation or serving, is decoded by ``tf.io.decode_image``
-(3 channels, first frame) and resized bilinearly to a square, exactly as
-``image_dataset_from_directory`` does; :func:`decode_and_resize` is that function for
-callers outside the pipeline. Normalization is the model's own first layer.
-
-A run that trained on random crops of a larger resize (``augment.resize_crop``, the
-``resize_crop`` argument below) is evaluated, explained and served on the central crop
-of that resize, so objects keep the scale training showed them at; 10-crop testing's
-centre view is that same crop.
+A run that trained on random crops of a larger resize (``augment.resize_crop``) is
+evaluated, explained and served on the central crop of that resize, so objects keep the
+scale training showed them at; 10-crop testing's centre view is that same crop.
 """
 
-import os
 import pathlib
-import shutil
 
-import keras
 import numpy as np
 import tensorflow as tf
 
@@ -123,42 +119,40 @@ def load_image(path, image_size, resize_crop=0):
     return decode_and_resize(tf.io.read_file(str(path)), image_size, resize_crop).numpy()
 
 
-def materialize_split(root, pairs, class_names, view_dir):
-    """Creates ``view_dir/<class>/<file>`` symbolic links to a split's files.
+def split_files(root, pairs):
+    """A split's (relative path, label) pairs as (absolute paths, labels int32 (n,)), in the same order."""
+    return [str(pathlib.Path(root) / relative) for relative, _ in pairs], np.array([label for _, label in pairs],
+                                                                                   np.int32)
+
+
+def read_split(paths, labels, image_size, resize_crop=0):
+    """The one reader of a split's images, in the order given.
 
     Args:
-        root: the dataset folder the relative paths start from.
-        pairs: (relative path, label) of the split.
-        class_names: class folder names; every class gets a folder, even an empty one,
-            so labels keep their indices.
-        view_dir: folder to (re)create.
+        paths: image files (str or Path).
+        labels: their class indices.
+        image_size: side of the square images returned.
+        resize_crop: see :func:`resize_for_model` (0: resize the whole image).
 
     Returns:
-        ``view_dir`` as a pathlib.Path.
+        An unbatched tf.data.Dataset of (image float32 (image_size, image_size, 3) RGB
+        0-255, label int32), decoded in parallel by :func:`decode_and_resize`.
     """
-    root, view_dir = pathlib.Path(root), pathlib.Path(view_dir)
-    if view_dir.exists():
-        shutil.rmtree(view_dir)
-    for name in class_names:
-        (view_dir / name).mkdir(parents=True)
-    for relative, label in pairs:
-        # Nested files (e.g. a subfolder of a class) are flattened into one name.
-        flat_name = pathlib.Path(relative).relative_to(class_names[label]).as_posix().replace("/", "__")
-        os.symlink(root / relative, view_dir / class_names[label] / flat_name)
-    return view_dir
+    def load(path, label):
+        return decode_and_resize(tf.io.read_file(path), image_size, resize_crop), label
+
+    files = tf.constant([str(path) for path in paths], tf.string, shape=(len(paths),))
+    dataset = tf.data.Dataset.from_tensor_slices((files, np.asarray(labels, np.int32).reshape(-1)))
+    return dataset.map(load, num_parallel_calls=tf.data.AUTOTUNE)
 
 
-def _int32_labels(image, label):
-    return image, tf.cast(label, tf.int32)
-
-
-def make_dataset(view_dir, class_names, image_size, batch_size, *, cache="none", cache_path=None,
-                 load_size=None, resize_crop=0):
-    """Builds the batched pipeline of one split view in file order, unaugmented (evaluation, statistics).
+def make_dataset(paths, labels, image_size, batch_size, *, cache="none", cache_path=None, load_size=None,
+                 resize_crop=0):
+    """The batched, unaugmented images of a split in file order (evaluation, validation, statistics).
 
     Args:
-        view_dir: a folder made by :func:`materialize_split`.
-        class_names: class folder names in label order.
+        paths: the split's image files.
+        labels: their class indices.
         image_size: side of the square images the model takes.
         batch_size: images per batch.
         cache: "none", "memory" or "disk" (decoded, resized float32 images; memory costs
@@ -171,26 +165,20 @@ def make_dataset(view_dir, class_names, image_size, batch_size, *, cache="none",
             :func:`resize_for_model`); ignores ``load_size``.
 
     Returns:
-        A tf.data.Dataset of (images float32 (batch, size, size, 3) 0-255, labels int32 (batch,)),
-        class by class, with attribute ``file_paths``: the view's files in dataset order
-        (as on the dataset ``image_dataset_from_directory`` returns).
+        A tf.data.Dataset of (images float32 (batch, size, size, 3) 0-255, labels int32
+        (batch,)) in the order of ``paths``, with attribute ``file_paths``: ``paths`` as str.
+
+    Raises:
+        UserError: unknown cache mode, or no images.
     """
     _check_cache_mode(cache)
+    if not len(paths):
+        raise UserError("the split holds no images")
     cropped = resize_crop > image_size
-    load_size = resize_crop if cropped else load_size or image_size
-    dataset = keras.utils.image_dataset_from_directory(
-        view_dir, labels="inferred", label_mode="int", class_names=class_names,
-        batch_size=None, image_size=(load_size, load_size), shuffle=False,
-        interpolation="bilinear", verbose=False)
-    file_paths = dataset.file_paths
-    if not file_paths:
-        raise UserError(f"split folder {view_dir} holds no images")
-    dataset = dataset.map(_int32_labels)
-    if cropped:
-        dataset = dataset.map(lambda image, label: (centre_crop(image, image_size), label))
-    dataset = _cached(dataset, cache, cache_path)
-    dataset = dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
-    dataset.file_paths = file_paths  # evaluation maps each prediction back to its image
+    dataset = read_split(paths, labels, image_size if cropped else load_size or image_size,
+                         resize_crop if cropped else 0)
+    dataset = _cached(dataset, cache, cache_path).batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    dataset.file_paths = [str(path) for path in paths]  # evaluation maps each prediction back to its image
     return dataset
 
 
@@ -232,7 +220,8 @@ class EpochBatches:
     of every decoded image).
 
     Args:
-        view_dir: a folder made by :func:`materialize_split`.
+        paths: the training split's image files.
+        labels: their class indices.
         class_names: class folder names in label order.
         image_size: side of the square images the model takes.
         batch_size: images per batch.
@@ -258,19 +247,17 @@ class EpochBatches:
         UserError: unknown cache mode, an empty split, or (balanced) a class without images.
     """
 
-    def __init__(self, view_dir, class_names, image_size, batch_size, *, augmenter=None, transform=None,
+    def __init__(self, paths, labels, class_names, image_size, batch_size, *, augmenter=None, transform=None,
                  cache="none", cache_path=None, seed=0, load_size=None, balanced=False):
         _check_cache_mode(cache)
-        view_dir = pathlib.Path(view_dir)
-        files = [sorted(str(path) for path in (view_dir / name).iterdir()) for name in class_names]
-        self.paths = np.array([path for paths in files for path in paths])
-        self.labels = np.array([label for label, paths in enumerate(files) for _ in paths], np.int32)
+        self.paths = np.array([str(path) for path in paths])
+        self.labels = np.asarray(labels, np.int32).reshape(-1)
         if not len(self.paths):
-            raise UserError(f"split folder {view_dir} holds no images")
-        empty = [name for name, paths in zip(class_names, files) if not paths]
+            raise UserError("the training split holds no images")
+        empty = [name for label, name in enumerate(class_names) if not np.any(self.labels == label)]
         if balanced and empty:
             raise UserError(f"balanced sampling needs training images of every class; "
-                            f"{', '.join(empty[:5])} ha{'s' if len(empty) == 1 else 've'} none in {view_dir}")
+                            f"{', '.join(empty[:5])} ha{'s' if len(empty) == 1 else 've'} none")
         self.num_classes = len(class_names)
         self.batch_size, self.augmenter, self.transform = batch_size, augmenter, transform
         self.seed, self.balanced = seed, balanced
@@ -286,11 +273,8 @@ class EpochBatches:
         return -(-len(self.paths) // self.batch_size)
 
     def _decode(self, paths, labels):
-        """(image float32 (load, load, 3) 0-255, label int32) of each file, decoded as in image_dataset_from_directory."""
-        def load(path, label):
-            return decode_and_resize(tf.io.read_file(path), self.load_size), label
-
-        return tf.data.Dataset.from_tensor_slices((paths, labels)).map(load, num_parallel_calls=tf.data.AUTOTUNE)
+        """(image float32 (load, load, 3) 0-255, label int32) of each file, by :func:`read_split`."""
+        return read_split(paths, labels, self.load_size)
 
     def __call__(self, epoch):
         seed = epoch_seed(self.seed, epoch)

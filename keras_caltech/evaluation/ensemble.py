@@ -11,14 +11,13 @@ top level, plus ``members`` and ``tta_mode``), ``confusion_matrix.png``, ``per_c
 """
 
 import pathlib
-import tempfile
 import time
 
 import numpy as np
 
 from keras_caltech.errors import UserError
 from keras_caltech.evaluation import report
-from keras_caltech.evaluation.evaluate import Predictions, materialize_test_split, predict_run
+from keras_caltech.evaluation.evaluate import Predictions, predict_run, test_files
 from keras_caltech.evaluation.metrics import classification_metrics
 from keras_caltech.models.loading import load_model_safely
 from keras_caltech.runs import create_run_folder, open_run, write_json
@@ -78,12 +77,10 @@ def ensemble_predictions(runs, mode, batch_size=None, log=print):
         (ensemble Predictions with summed logits, list of each member's Predictions).
     """
     members = []
-    with tempfile.TemporaryDirectory(prefix="keras_caltech_ensemble_") as temporary:
-        # One view serves every member: the same files in the same order.
-        view_dir = materialize_test_split(runs[0], pathlib.Path(temporary) / "test")
-        for run in runs:
-            log(f"predicting {run.path} ({run.config.model.name}, TTA {mode}) ...")
-            members.append(predict_run(run, load_model_safely(run.model_path), view_dir, mode, batch_size))
+    files = test_files(runs[0])  # one file list serves every member: the same images in the same order
+    for run in runs:
+        log(f"predicting {run.path} ({run.config.model.name}, TTA {mode}) ...")
+        members.append(predict_run(run, load_model_safely(run.model_path), files, mode, batch_size))
     for run, member in zip(runs[1:], members[1:]):
         if not np.array_equal(member.labels, members[0].labels):  # a pipeline bug, not a user error
             raise RuntimeError(f"{run.path} saw the test images in a different order than {runs[0].path}")

@@ -8,11 +8,9 @@ training and ``python -m keras_caltech evaluate``. It writes into the run folder
 
 import dataclasses
 import pathlib
-import tempfile
 
 import numpy as np
 
-from keras_caltech.data.pipeline import materialize_split
 from keras_caltech.errors import UserError
 from keras_caltech.evaluation import report
 from keras_caltech.evaluation.metrics import classification_metrics
@@ -36,11 +34,11 @@ class Predictions:
     files: list
 
 
-def materialize_test_split(run, view_dir):
-    """Links a run's saved test split into ``view_dir``, after checking its images exist.
+def test_files(run):
+    """A run's saved test split, after checking its images exist.
 
     Returns:
-        ``view_dir`` as a pathlib.Path.
+        (absolute paths, labels), in the order of ``splits.json``.
 
     Raises:
         UserError: the test split is empty, or the dataset folder or some of its test
@@ -49,26 +47,25 @@ def materialize_test_split(run, view_dir):
     pairs = run.splits["test"]
     if not pairs:
         raise UserError(f"{run.path / 'splits.json'} holds no test images; nothing to evaluate")
-    run.split_files("test")  # checks that the images are there
-    return materialize_split(run.root, pairs, run.class_names, view_dir)
+    return run.split_files("test")  # checks that the images are there
 
 
-def predict_run(run, model, view_dir, mode, batch_size=None):
-    """Returns the :class:`Predictions` of a run's ``model`` on a split view, with TTA ``mode``.
+def predict_run(run, model, files, mode, batch_size=None):
+    """Returns the :class:`Predictions` of a run's ``model`` on a split's files, with TTA ``mode``.
 
     Args:
         run: a RunFolder (its config gives the batch size and ``augment.resize_crop``).
         model: the run's loaded model; its own input size is used (a model without a
             fixed square input is refused with a UserError).
-        view_dir: a split view of the run's classes.
+        files: (paths, labels) of the images, e.g. from :func:`test_files`.
         mode: a TTA mode.
         batch_size: views per forward pass; default the run's ``data.batch_size``.
     """
     config = run.config
-    logits, labels, files = predict_with_tta(
-        model, view_dir, run.class_names, mode, batch_size=batch_size or config.data.batch_size,
-        resize_crop=config.augment.resize_crop)
-    return Predictions(logits=logits, labels=labels, files=files)
+    paths, labels = files
+    logits, labels, paths = predict_with_tta(model, paths, labels, mode, batch_size=batch_size or config.data.batch_size,
+                                             resize_crop=config.augment.resize_crop)
+    return Predictions(logits=logits, labels=labels, files=paths)
 
 
 def modes_to_run(mode):
@@ -100,12 +97,11 @@ def evaluate_run(run_dir, tta=None, *, batch_size=None, extra=None, data=None, l
     mode = run.config.eval.tta if tta is None else tta
     model = load_model_safely(run.model_path)
     results, predictions = {}, None
-    with tempfile.TemporaryDirectory(prefix="keras_caltech_eval_") as temporary:
-        view_dir = materialize_test_split(run, pathlib.Path(temporary) / "test")
-        for current in modes_to_run(mode):
-            log(f"evaluating {run.path.name} on {len(run.splits['test'])} test images, TTA {current} ...")
-            predictions = predict_run(run, model, view_dir, current, batch_size)
-            results[current] = classification_metrics(predictions.logits, predictions.labels, run.class_names)
+    files = test_files(run)
+    for current in modes_to_run(mode):
+        log(f"evaluating {run.path.name} on {len(run.splits['test'])} test images, TTA {current} ...")
+        predictions = predict_run(run, model, files, current, batch_size)
+        results[current] = classification_metrics(predictions.logits, predictions.labels, run.class_names)
 
     metrics = _existing_metrics(run.path / "metrics.json", log)
     metrics.update(results["none"], split="test", **(extra or {}))

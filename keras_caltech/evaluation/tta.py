@@ -18,7 +18,6 @@ keep that pass the size of a training batch (and its memory), a batch holds
 ``batch_size // views`` images.
 """
 
-import os
 import pathlib
 
 import numpy as np
@@ -96,15 +95,15 @@ def tta_views(images, mode, crop_size):
     return tf.reshape(crops, (-1, crop_size, crop_size, images.shape[-1]))
 
 
-def tta_dataset(view_dir, class_names, image_size, mode, images_per_batch, resize_crop=0):
-    """The tf.data pipeline of stacked views for one split view.
+def tta_dataset(paths, labels, image_size, mode, images_per_batch, resize_crop=0):
+    """The tf.data pipeline of stacked views of a split's images.
 
     Decoding and resizing are the training pipeline's (:func:`make_dataset`); only the
     resize target differs for 10-crop.
 
     Args:
-        view_dir: a split view made by ``materialize_split``.
-        class_names: class folder names in label order.
+        paths: the images' files.
+        labels: their class indices.
         image_size: the model's input side.
         mode: a TTA mode.
         images_per_batch: images per batch (each becomes ``TTA_VIEWS[mode]`` rows).
@@ -117,7 +116,7 @@ def tta_dataset(view_dir, class_names, image_size, mode, images_per_batch, resiz
     load_size = tta_load_size(mode, image_size, resize_crop)
     # 10-crop cuts its own views from the whole load_size resize; the other modes take the
     # run's central crop of its resize_crop, as plain evaluation does.
-    dataset = make_dataset(view_dir, class_names, image_size, images_per_batch, load_size=load_size,
+    dataset = make_dataset(paths, labels, image_size, images_per_batch, load_size=load_size,
                            resize_crop=0 if mode == "10crop" else resize_crop)
     file_paths = dataset.file_paths
     dataset = dataset.map(lambda images, labels: (tta_views(images, mode, image_size), labels),
@@ -149,13 +148,13 @@ def images_per_batch(batch_size, mode):
     return max(1, batch_size // TTA_VIEWS[mode])
 
 
-def predict_with_tta(model, view_dir, class_names, mode, *, batch_size, image_size=None, resize_crop=0):
-    """Runs ``model`` over a split view with test-time augmentation.
+def predict_with_tta(model, paths, labels, mode, *, batch_size, image_size=None, resize_crop=0):
+    """Runs ``model`` over a split's images with test-time augmentation.
 
     Args:
         model: a classifier taking 0-255 RGB images and returning logits.
-        view_dir: a split view made by ``materialize_split``.
-        class_names: class folder names in label order.
+        paths: the images' files.
+        labels: their class indices.
         mode: a TTA mode.
         batch_size: views per forward pass (images per batch is this divided by the views).
         image_size: the model's input side; default: read from the model
@@ -164,20 +163,17 @@ def predict_with_tta(model, view_dir, class_names, mode, *, batch_size, image_si
 
     Returns:
         (logits float32 (n, classes) averaged over views, labels int64 (n,),
-        files: the images' paths, resolved through the view's links, in the same order).
+        files: the images' paths (pathlib.Path), in the same order).
 
     Raises:
         UserError: no ``image_size`` given, and the model's input is not a fixed square.
     """
     image_size = image_size or model_image_size(model, "evaluation")
-    dataset = tta_dataset(view_dir, class_names, image_size, mode, images_per_batch(batch_size, mode),
-                          resize_crop)
+    dataset = tta_dataset(paths, labels, image_size, mode, images_per_batch(batch_size, mode), resize_crop)
     forward = tta_forward(model, mode, image_size)
-    logits, labels = [], []
+    logits, seen = [], []
     for views, batch_labels in dataset:
         logits.append(forward(views).numpy())
-        labels.append(batch_labels.numpy())
-    # The view holds links to the dataset's files; report the files themselves.
-    files = [pathlib.Path(os.readlink(path)) if os.path.islink(path) else pathlib.Path(path)
-             for path in dataset.file_paths]
-    return np.concatenate(logits), np.concatenate(labels).astype(np.int64), files
+        seen.append(batch_labels.numpy())
+    files = [pathlib.Path(path) for path in dataset.file_paths]
+    return np.concatenate(logits), np.concatenate(seen).astype(np.int64), files

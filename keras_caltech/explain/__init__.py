@@ -14,8 +14,9 @@ backpropagation, guided Grad-CAM), ``views`` (feature maps, top patches), ``scor
 (pointing game, energy, deletion/insertion) and ``sanity`` (parameter randomisation).
 What ``explain.py`` calls: ``image_files`` (image files to figures), ``runs`` (a run
 folder's model, class names and test split), ``gallery`` (a run's sample, mistakes and
-top patches) and ``assess`` (``--evaluate``: scores a run's explanations). The figures
-are drawn by ``keras_caltech.plotting``, re-exported here.
+top patches) and ``assess`` (``--evaluate``: scores a run's explanations, with
+``localisation_scores`` and ``faithfulness_scores``). The figures are drawn by
+``keras_caltech.plotting``, re-exported here.
 """
 
 from keras_caltech.explain.gradcam import (CamResult, GradCam, GradCamPlusPlus, ScoreCam,

@@ -88,35 +88,7 @@ def sample_gallery(run, num_classes, per_class, method="gradcam", layer_name=Non
     indices = [index for _, picks in groups for index in picks]
     images, _ = load_split_images(run, "test", indices)  # (n, size, size, 3) 0-255
     result = explainer(images, class_index)
-    relatives = [run.folder.splits["test"][index][0] for index in indices]
-    names = run.class_names
-
-    notes = []
-    if len(groups) < num_classes:
-        notes.append(f"the test split has {len(groups)} classes: showing {len(groups)}, not {num_classes}")
-    short = [class_name(label, names) for label, picks in groups if len(picks) < per_class]
-    if short:
-        notes.append(f"fewer than {per_class} test images in {', '.join(short)}: showing all of them")
-
-    rows, cards, item = [], [], 0
-    for label, picks in groups:
-        row = []
-        for _ in picks:
-            probabilities = result.probabilities[item]
-            predicted, explained = int(probabilities.argmax()), int(result.class_indices[item])
-            heat_label = f"predicted {class_name(predicted, names)} {probabilities[predicted]:.0%}"
-            if explained != predicted:
-                heat_label += f"\n{explainer.method} for {class_name(explained, names)}"
-            elif result.empty[item]:
-                heat_label += "\nempty map"
-            image_label = f"{relatives[item].rsplit('/', 1)[-1]}\ntrue {class_name(label, names)}"
-            row += [(images[item], image_label),
-                    (overlay(images[item], result.heatmaps[item]), heat_label)]
-            cards.append(_card(images[item], result.heatmaps[item], [
-                relatives[item], f"true: {class_name(label, names)}",
-                heat_label.replace("\n", "; "), f"top-5: {top_classes(probabilities, names)}"]))
-            item += 1
-        rows.append(row)
+    rows, cards = _sample_figures(run, explainer, groups, indices, images, result)
 
     stem = f"{method}_sample_{num_classes}x{per_class}"
     title = (f"{explainer.method} at {explainer.layer_name}, {run.folder.path.name}: "
@@ -129,7 +101,56 @@ def sample_gallery(run, num_classes, per_class, method="gradcam", layer_name=Non
     summary = f"{len(groups)} classes x up to {per_class} images, {correct}/{len(indices)} predicted right"
     written = [Written(grid_path, f"grid: {summary}"),
                Written(page_path, "page of the same, images inlined")]
-    return written, notes
+    return written, _sample_notes(groups, num_classes, per_class, run.class_names)
+
+
+def _sample_notes(groups, num_classes, per_class, names):
+    """Lines saying where the test split had fewer classes or images than ``--sample`` asked."""
+    notes = []
+    if len(groups) < num_classes:
+        notes.append(f"the test split has {len(groups)} classes: showing {len(groups)}, not {num_classes}")
+    short = [class_name(label, names) for label, picks in groups if len(picks) < per_class]
+    if short:
+        notes.append(f"fewer than {per_class} test images in {', '.join(short)}: showing all of them")
+    return notes
+
+
+def _sample_figures(run, explainer, groups, indices, images, result):
+    """The grid's rows (per class: image and overlay of each of its images) and the page's cards.
+
+    Args:
+        run: an ``ExplainedRun``.
+        explainer: the CAM explainer that gave ``result``.
+        groups: (class index, positions) pairs from :func:`choose_sample`.
+        indices: those positions, flattened in the same order.
+        images: (n, size, size, 3) RGB 0-255, one per position.
+        result: the explainer's ``CamResult`` for ``images``.
+
+    Returns:
+        (rows for ``plotting.image_grid``, HTML figure strings).
+    """
+    names = run.class_names
+    rows, cards, item = [], [], 0
+    for label, picks in groups:
+        row = []
+        for _ in picks:
+            relative = run.folder.splits["test"][indices[item]][0]
+            probabilities = result.probabilities[item]
+            predicted, explained = int(probabilities.argmax()), int(result.class_indices[item])
+            heat_label = f"predicted {class_name(predicted, names)} {probabilities[predicted]:.0%}"
+            if explained != predicted:
+                heat_label += f"\n{explainer.method} for {class_name(explained, names)}"
+            elif result.empty[item]:
+                heat_label += "\nempty map"
+            image_label = f"{relative.rsplit('/', 1)[-1]}\ntrue {class_name(label, names)}"
+            row += [(images[item], image_label),
+                    (overlay(images[item], result.heatmaps[item]), heat_label)]
+            cards.append(_card(images[item], result.heatmaps[item], [
+                relative, f"true: {class_name(label, names)}",
+                heat_label.replace("\n", "; "), f"top-5: {top_classes(probabilities, names)}"]))
+            item += 1
+        rows.append(row)
+    return rows, cards
 
 
 def misclassified_gallery(run, count, method="gradcam", layer_name=None, output_dir=None):

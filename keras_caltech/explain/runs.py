@@ -1,8 +1,8 @@
 """A trained run as the explainers need it: its model, its class names, and the images
 of a split read through the data pipeline, 32 at a time.
 
-Images are decoded and resized by ``data.pipeline.decode_and_resize``, the function
-training uses, and stay RGB 0-255: the model normalizes them itself.
+Images are read by ``data.pipeline.read_split``, the reader training and evaluation use,
+and stay RGB 0-255: the model normalizes them itself.
 """
 
 import dataclasses
@@ -14,7 +14,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_caltech.config import load_config
-from keras_caltech.data.pipeline import decode_and_resize
+from keras_caltech.data.pipeline import read_split
 from keras_caltech.errors import UserError
 from keras_caltech.explain.model_layers import image_shape
 from keras_caltech.models.loading import load_model_safely, model_image_size
@@ -105,7 +105,7 @@ def open_explained_run(path, data=None):
 
 
 def split_dataset(run, split="test", indices=None, batch_size=BATCH_SIZE):
-    """The images of a split in batches, read by the training pipeline's decoder.
+    """The images of a split in batches, read by the pipeline's one split reader.
 
     Args:
         run: an :class:`ExplainedRun`.
@@ -124,14 +124,8 @@ def split_dataset(run, split="test", indices=None, batch_size=BATCH_SIZE):
     if not paths:
         raise UserError(f"the {split} split of run {run.folder.path} holds no images")
     indices = np.arange(len(paths)) if indices is None else np.asarray(indices, int)
-    size = run.image_size
-    dataset = tf.data.Dataset.from_tensor_slices(
-        ([str(paths[index]) for index in indices], np.asarray(labels, np.int32)[indices]))
-
-    def read(path, label):
-        return decode_and_resize(tf.io.read_file(path), size, run.resize_crop), label
-
-    dataset = dataset.map(read, num_parallel_calls=tf.data.AUTOTUNE)
+    dataset = read_split([paths[index] for index in indices], np.asarray(labels, np.int32)[indices],
+                         run.image_size, run.resize_crop)
     return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 

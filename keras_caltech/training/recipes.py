@@ -197,12 +197,12 @@ def _crop_suffix(config, size):
     return f"_crop{config.augment.resize_crop}" if config.augment.resize_crop > size else ""
 
 
-def make_fit_data(config, views, class_names, cache_dir, final_size, class_weight=None):
+def make_fit_data(config, files, class_names, cache_dir, final_size, class_weight=None):
     """The training batches and validation data of one phase's config.
 
     Args:
         config: the phase's Config (its data.image_size may be a progressive stage's).
-        views: split name -> split folder (``pipeline.materialize_split``).
+        files: split name -> (paths, labels) (``pipeline.split_files``); "val" may be absent.
         class_names: class folder names in label order.
         cache_dir: folder for ``data.cache=disk`` files.
         final_size: the run's data.image_size; other sizes get their own cache files.
@@ -217,13 +217,13 @@ def make_fit_data(config, views, class_names, cache_dir, final_size, class_weigh
     suffix = "" if size == final_size else f"_{size}px"
     num_classes = len(class_names)
     train_batches = EpochBatches(
-        views["train"], class_names, size, batch_size, augmenter=build_augmenter(config.augment, size, seed=seed),
+        *files["train"], class_names, size, batch_size, augmenter=build_augmenter(config.augment, size, seed=seed),
         transform=batch_transform(config, num_classes, class_weight), cache=config.data.cache,
         cache_path=pathlib.Path(cache_dir) / f"train{suffix}", seed=seed,
         load_size=load_size(config.augment, size), balanced=config.data.balanced_sampling)
-    val_data = (make_dataset(views["val"], class_names, size, batch_size, cache=config.data.cache,
+    val_data = (make_dataset(*files["val"], size, batch_size, cache=config.data.cache,
                              cache_path=pathlib.Path(cache_dir) / f"val{suffix}{_crop_suffix(config, size)}",
-                             resize_crop=config.augment.resize_crop) if "val" in views else None)
+                             resize_crop=config.augment.resize_crop) if "val" in files else None)
     if val_data is not None and uses_class_probabilities(config):
         val_data = one_hot_labels(val_data, num_classes)
     return train_batches, val_data

@@ -21,7 +21,7 @@ from keras_caltech import plotting
 from keras_caltech.config import config_to_dict
 from keras_caltech.data import synthetic
 from keras_caltech.data.augment import build_augmenter
-from keras_caltech.data.pipeline import NORMALIZATION_MODES, EpochBatches, channel_statistics, materialize_split
+from keras_caltech.data.pipeline import NORMALIZATION_MODES, EpochBatches, channel_statistics, split_files
 from keras_caltech.data.scan import IMAGE_EXTENSIONS, discover_classes, scan_dataset
 from keras_caltech.data.splits import SPLIT_NAMES, stratified_split
 from keras_caltech.errors import UserError
@@ -61,7 +61,7 @@ def default_run_dir(config):
     return pathlib.Path("runs") / f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def normalization_for(config, entry, train_view, class_names):
+def normalization_for(config, entry, train_files, class_names):
     """Returns {"mode", "mean", "std"} (0-1 units) for the model's normalization layer."""
     mode = config.data.normalization
     if entry.input_normalization is not None:
@@ -69,7 +69,7 @@ def normalization_for(config, entry, train_view, class_names):
     if mode == "dataset":
         # Statistics of the training split only, at the model's input size, unaugmented,
         # from a seeded random sample (the unshuffled order is class by class).
-        dataset = EpochBatches(train_view, class_names, config.data.image_size, config.data.batch_size,
+        dataset = EpochBatches(*train_files, class_names, config.data.image_size, config.data.batch_size,
                                seed=config.train.seed)(0)
         mean, std = channel_statistics(
             dataset, max_batches=math.ceil(STATISTICS_SAMPLE_IMAGES / config.data.batch_size))
@@ -215,17 +215,16 @@ def train(config, output_dir=None, *, resume=False, moved_data=None, verbose=Non
         f"{'/'.join(str(len(splits[name])) for name in SPLIT_NAMES)} images; "
         f"{len(scan.excluded)} file(s) excluded (see {run_dir / 'data_report.json'})")
 
-    views = {name: materialize_split(scan.root, splits[name], class_names, run_dir / "split_view" / name)
-             for name in SPLIT_NAMES if splits[name]}
+    files = {name: split_files(scan.root, splits[name]) for name in SPLIT_NAMES if splits[name]}
     image_size, batch_size = config.data.image_size, config.data.batch_size
     if resume:
         normalization = read_json(run_dir / "normalization.json")
     else:
-        normalization = normalization_for(config, entry, views["train"], class_names)
+        normalization = normalization_for(config, entry, files["train"], class_names)
         write_json(run_dir / "normalization.json", normalization)
 
     steps_per_epoch = math.ceil(len(splits["train"]) / batch_size)
-    monitor = "val_accuracy" if "val" in views else "accuracy"
+    monitor = "val_accuracy" if "val" in files else "accuracy"
     checkpoint = BestCheckpoint(run_dir / BEST_MODEL, monitor=monitor)
     nan_guard = StopOnNonFiniteLoss()
     # append: a run of several phases trains once per phase, all into one history.
@@ -256,7 +255,7 @@ def train(config, output_dir=None, *, resume=False, moved_data=None, verbose=Non
         with strategy.scope():  # the model's, optimizer's and metrics' variables: one copy per replica
             model = runner.enter(phase)
         if phase.image_size not in fit_data:
-            fit_data[phase.image_size] = recipes.make_fit_data(phase.config, views, class_names, run_dir / "cache",
+            fit_data[phase.image_size] = recipes.make_fit_data(phase.config, files, class_names, run_dir / "cache",
                                                                image_size, class_weight)
         train_batches, val_data = fit_data[phase.image_size]
         build_training_state(model, strategy, val_data if val_data is not None else train_batches(phase.first_epoch))
