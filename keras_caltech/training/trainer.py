@@ -214,40 +214,54 @@ def train(config, output_dir=None, *, resume=False, moved_data=None, verbose=Non
     log(f"{len(class_names)} classes; train/val/test = "
         f"{'/'.join(str(len(splits[name])) for name in SPLIT_NAMES)} images; "
         f"{len(scan.excluded)} file(s) excluded (see {run_dir / 'data_report.json'})")
-
     files = {name: split_files(scan.root, splits[name]) for name in SPLIT_NAMES if splits[name]}
-    image_size, batch_size = config.data.image_size, config.data.batch_size
     if resume:
         normalization = read_json(run_dir / "normalization.json")
     else:
         normalization = normalization_for(config, entry, files["train"], class_names)
         write_json(run_dir / "normalization.json", normalization)
 
-    steps_per_epoch = math.ceil(len(splits["train"]) / batch_size)
-    monitor = "val_accuracy" if "val" in files else "accuracy"
-    checkpoint = BestCheckpoint(run_dir / BEST_MODEL, monitor=monitor)
+    # Recipes (training/phases.py, training/recipes.py): one call of the training loop
+    # per phase (progressive sizes, frozen-backbone head, fine-tuning), on data with the
+    # recipe's labels, mixing, sampling and class weights.
+    runner = phases.PhaseRunner(
+        config, lambda phase_config, weights: build_model(phase_config, len(class_names), normalization, weights),
+        len(class_names), math.ceil(len(splits["train"]) / config.data.batch_size), log=log)
+    log(f"training {config.model.name} for {runner.total_epochs} epochs on {strategy.num_replicas_in_sync} "
+        f"replica(s) ({', '.join(device.device_type for device in tf.config.list_logical_devices())}), "
+        f"{config.train.precision}{', XLA' if config.train.jit_compile else ''}")
+    checkpoint = BestCheckpoint(run_dir / BEST_MODEL, monitor="val_accuracy" if "val" in files else "accuracy")
     nan_guard = StopOnNonFiniteLoss()
+    epoch = _train_phases(runner, strategy, files, class_names, run_dir, checkpoint, nan_guard,
+                          resume=resume, verbose=verbose, log=log)
+    plotting.plot_curves(run_dir / "history.csv", run_dir / "curves.png")
+    if nan_guard.stopped_epoch is not None:
+        last_good = (f"the last good checkpoint is {run_dir / BEST_MODEL} (epoch {checkpoint.best_epoch})"
+                     if checkpoint.best_epoch else "no checkpoint was saved before it")
+        raise UserError(f"training stopped: the loss became NaN or infinite in epoch {nan_guard.stopped_epoch}; "
+                        f"{last_good}. Try a lower train.learning_rate")
+
+    return {"run_dir": run_dir, "class_names": class_names, "num_excluded": len(scan.excluded),
+            "epochs_run": epoch, "best_epoch": checkpoint.best_epoch, "monitor": checkpoint.monitor,
+            "best_monitor_value": checkpoint.best, "chief": worker_index(strategy) == 0}
+
+
+def _train_phases(runner, strategy, files, class_names, run_dir, checkpoint, nan_guard, *, resume, verbose, log):
+    """Runs the training loop once per phase of ``runner``'s plan; returns the epochs completed.
+
+    A resumed run restores its state into the phase of its last completed epoch. The
+    phases before it are entered but not trained: the next phase starts from their
+    models and optimizers, as in the uninterrupted run. Stops after a phase whose loss
+    became NaN (``nan_guard.stopped_epoch``).
+    """
+    config = runner.config
     # append: a run of several phases trains once per phase, all into one history.
     history_log = keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True)
     tensorboard = ([keras.callbacks.TensorBoard(str(run_dir / "logs"), write_graph=False)]
                    if config.train.tensorboard else [])
     if verbose is None:
         verbose = 1 if sys.stdout.isatty() else 2
-
-    # Recipes (training/phases.py, training/recipes.py): one call of the training loop
-    # per phase (progressive sizes, frozen-backbone head, fine-tuning), on data with the
-    # recipe's labels, mixing, sampling and class weights.
-    runner = phases.PhaseRunner(
-        config, lambda phase_config, weights: build_model(phase_config, len(class_names), normalization, weights),
-        len(class_names), steps_per_epoch, log=log)
-    class_weight = recipes.class_weights([label for _, label in splits["train"]], len(class_names),
-                                         config.train.class_weight)
-    log(f"training {config.model.name} for {runner.total_epochs} epochs on {strategy.num_replicas_in_sync} "
-        f"replica(s) ({', '.join(device.device_type for device in tf.config.list_logical_devices())}), "
-        f"{config.train.precision}{', XLA' if config.train.jit_compile else ''}")
-    # A resumed run restores its state into the phase of its last completed epoch. The
-    # phases before it are entered but not trained: the next phase starts from their
-    # models and optimizers, as in the uninterrupted run.
+    class_weight = recipes.class_weights(files["train"][1], len(class_names), config.train.class_weight)
     epoch = completed_epochs(run_dir / STATE_FILE) if resume else 0  # epochs done, = the next epoch's index
     restore_phase = next(phase for phase in runner.plan if phase.last_epoch >= max(epoch, 1))
     fit_data = {}
@@ -256,7 +270,7 @@ def train(config, output_dir=None, *, resume=False, moved_data=None, verbose=Non
             model = runner.enter(phase)
         if phase.image_size not in fit_data:
             fit_data[phase.image_size] = recipes.make_fit_data(phase.config, files, class_names, run_dir / "cache",
-                                                               image_size, class_weight)
+                                                               config.data.image_size, class_weight)
         train_batches, val_data = fit_data[phase.image_size]
         build_training_state(model, strategy, val_data if val_data is not None else train_batches(phase.first_epoch))
         if resume and phase is restore_phase:
@@ -276,13 +290,4 @@ def train(config, output_dir=None, *, resume=False, moved_data=None, verbose=Non
         epoch = initial_epoch + len(history.epoch)
         if nan_guard.stopped_epoch is not None:
             break
-    plotting.plot_curves(run_dir / "history.csv", run_dir / "curves.png")
-    if nan_guard.stopped_epoch is not None:
-        last_good = (f"the last good checkpoint is {run_dir / BEST_MODEL} (epoch {checkpoint.best_epoch})"
-                     if checkpoint.best_epoch else "no checkpoint was saved before it")
-        raise UserError(f"training stopped: the loss became NaN or infinite in epoch {nan_guard.stopped_epoch}; "
-                        f"{last_good}. Try a lower train.learning_rate")
-
-    return {"run_dir": run_dir, "class_names": class_names, "num_excluded": len(scan.excluded),
-            "epochs_run": epoch, "best_epoch": checkpoint.best_epoch, "monitor": monitor,
-            "best_monitor_value": checkpoint.best, "chief": worker_index(strategy) == 0}
+    return epoch
