@@ -93,9 +93,12 @@ def _train_command(argv):
             trainer.dry_run(config)
             return 0
         summary = train_evaluate_export(config, args.output_dir)
+    if summary["tta"] != "none":  # the figure to compare with a report that tested this way
+        tta = summary["tta_metrics"]
+        print(f"test top-1 {tta['top1']:.2%}  top-5 {tta['top5']:.2%}  with {summary['tta']} testing")
     print(f"test top-1 {summary['top1']:.2%}  top-5 {summary['top5']:.2%}  "
           f"mean per-class {summary['mean_per_class_accuracy']:.2%}  ({summary['num_test']} test images, "
-          f"{summary['num_excluded']} files excluded)")
+          f"{summary['num_excluded']} files excluded{', one view each' if summary['tta'] != 'none' else ''})")
     print(f"best epoch {summary['best_epoch']} of {summary['epochs_run']}, {summary['seconds']:.0f} s; "
           f"run folder: {summary['run_dir']}")
     if summary["export_dir"]:

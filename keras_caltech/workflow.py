@@ -57,7 +57,8 @@ def train_evaluate_export(config, output_dir=None, *, resume=False, moved_data=N
             "mean_per_class_accuracy": metrics["mean_per_class_accuracy"], "num_test": metrics["num_examples"],
             "num_excluded": trained["num_excluded"], "epochs_run": trained["epochs_run"],
             "best_epoch": trained["best_epoch"], "seconds": round(time.time() - started, 1),
-            "export_dir": None if export_dir is None else str(export_dir)}
+            "export_dir": None if export_dir is None else str(export_dir),
+            "tta": config.eval.tta, "tta_metrics": metrics["tta"][config.eval.tta]}
 
 
 def _export_once(config, run_dir, class_names, log):

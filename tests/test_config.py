@@ -74,8 +74,11 @@ def test_every_shipped_config_loads_and_validates(path):
     assert header.startswith("#"), "configs state what they reproduce in a header comment"
     if path.parent.name.startswith("caltech"):
         assert "# Published:" in header and f"--config configs/{path.parent.name}/{path.name}" in header
-        if not config.data.include_classes:
-            assert {"257.clutter", "BACKGROUND_Google"} & set(config.data.exclude_classes)
+        if not config.data.include_classes:  # the background class kept or dropped as the header says
+            kept = "the clutter class kept" in header
+            assert kept != bool({"257.clutter", "BACKGROUND_Google"} & set(config.data.exclude_classes)), path
+        if "with 10-crop testing" in header:  # the published figure is 10-crop: training ends with it
+            assert config.eval.tta == "10crop", path
 
 
 @pytest.fixture(scope="module")

@@ -17,10 +17,13 @@ TINY = ["--set", "data.image_size=32", "--set", "data.batch_size=8", "--set", "t
 def test_one_epoch_run_writes_the_whole_run_folder(tiny_dataset, tmp_path, capsys):
     run_dir = tmp_path / "run"
     code = train.main(["--data", str(tiny_dataset), "--output-dir", str(run_dir), *TINY,
-                       "--set", "train.epochs=2", "--set", "data.cache=memory"])
+                       "--set", "train.epochs=2", "--set", "data.cache=memory", "--set", "eval.tta=flip"])
     assert code == 0
     out = capsys.readouterr().out
     assert "test top-1" in out and str(run_dir) in out
+    # Trained with eval.tta: its figure is printed first, then the single-view one.
+    tta_line, plain_line = [line for line in out.splitlines() if line.startswith("test top-1")]
+    assert tta_line.endswith("with flip testing") and "one view each" in plain_line
     for name in ("config.yaml", "class_names.json", "splits.json", "normalization.json", "data_report.json",
                  "best.keras", "history.csv", "metrics.json", "curves.png"):
         assert (run_dir / name).is_file(), name
@@ -29,6 +32,7 @@ def test_one_epoch_run_writes_the_whole_run_folder(tiny_dataset, tmp_path, capsy
     metrics = json.loads((run_dir / "metrics.json").read_text())
     splits = json.loads((run_dir / "splits.json").read_text())
     assert metrics["num_examples"] == len(splits["test"]) > 0
+    assert f"{metrics['tta']['flip']['top1']:.2%} " in tta_line and f"{metrics['top1']:.2%} " in plain_line
     assert 0.0 <= metrics["top1"] <= metrics["top5"] <= 1.0
     assert set(metrics["per_class_accuracy"]) == set(class_names)
     with open(run_dir / "history.csv") as handle:
