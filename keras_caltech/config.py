@@ -50,6 +50,7 @@ class DataConfig:
     test_fraction: float = 0.2
     val_fraction: float = 0.1  # share of the training part held out for checkpoint selection
     train_per_class: int = 0  # >0: the literature's protocol, N training images per class, rest test
+    test_per_class: int = 0  # >0: at most N test images per class (the rest unused), as some reports tested
     split_seed: int = 0
     normalization: str = "dataset"  # dataset | imagenet | half
     cache: str = "none"  # none | memory | disk | auto (memory when it fits): cache decoded, resized images

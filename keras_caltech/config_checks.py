@@ -40,7 +40,7 @@ CHOICES = {
 
 # Values below these would fail deep inside TensorFlow (a batch of 0 images) or train nothing.
 _AT_LEAST_ONE = ("data.batch_size", "train.step_epochs")
-_AT_LEAST_ZERO = ("data.train_per_class", "data.scan_workers", "augment.resize_crop")
+_AT_LEAST_ZERO = ("data.train_per_class", "data.test_per_class", "data.scan_workers", "augment.resize_crop")
 ZERO_MEANS_AUTO = ("data.image_size", "train.epochs")  # AUTO: chosen from the data (training/auto.py)
 _FRACTIONS = ("data.test_fraction", "data.val_fraction", "train.momentum", "train.pct_start")  # in [0, 1)
 _POSITIVE = ("train.learning_rate", "train.fine_tune_learning_rate", "train.step_gamma")

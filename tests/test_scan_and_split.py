@@ -97,6 +97,17 @@ def test_n_training_images_per_class_protocol_tests_on_the_rest():
         stratified_split(_files([50, 35]), ["a", "b"], train_per_class=40)
 
 
+@pytest.mark.parametrize("protocol", [{"train_per_class": 30}, {"test_fraction": 0.5}])
+def test_a_test_cap_keeps_at_most_n_test_images_per_class_and_leaves_the_training_split_alone(protocol):
+    files, names = _files([50, 35]), ["a", "b"]
+    uncapped = stratified_split(files, names, val_fraction=0.0, **protocol)
+    capped = stratified_split(files, names, val_fraction=0.0, test_per_class=8, **protocol)
+    assert capped["train"] == uncapped["train"]
+    assert [sum(1 for _, lab in capped["test"] if lab == label) for label in (0, 1)] == [8, 5 if protocol.get(
+        "train_per_class") else 8]
+    assert set(capped["test"]) < set(uncapped["test"])  # a subset: the capped-off images are used by no split
+
+
 def test_a_cache_folder_that_cannot_be_written_costs_a_rescan_not_the_scan(messy_dataset, tmp_path, capsys):
     root, _, _ = messy_dataset
     (tmp_path / "a_file").write_text("x")

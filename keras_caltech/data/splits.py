@@ -16,7 +16,7 @@ SPLIT_NAMES = ("train", "val", "test")
 
 
 def stratified_split(files, class_names, *, test_fraction=0.2, val_fraction=0.1,
-                     train_per_class=0, seed=0):
+                     train_per_class=0, test_per_class=0, seed=0):
     """Splits (path, label) pairs into train, val and test, class by class.
 
     Args:
@@ -27,6 +27,8 @@ def stratified_split(files, class_names, *, test_fraction=0.2, val_fraction=0.1,
             selection; 0 disables validation.
         train_per_class: if > 0, the literature's protocol: this many training images
             per class (validation carved from them), all the rest for testing.
+        test_per_class: if > 0, at most this many test images per class; the rest of
+            the held-out images are used by no split.
         seed: the split is a function of the seed and the file list only.
 
     Returns:
@@ -62,6 +64,8 @@ def stratified_split(files, class_names, *, test_fraction=0.2, val_fraction=0.1,
                 too_small.append(f"{class_names[label]} ({len(paths)} images)")
                 continue
         train, test = paths[:num_train], paths[num_train:]
+        if test_per_class:
+            test = test[:test_per_class]
         num_val = round(len(train) * val_fraction)
         if val_fraction > 0 and len(train) >= 2:
             num_val = max(1, num_val)

@@ -131,7 +131,8 @@ def _choose_from_split(config, root, files, class_names, log):
     """Splits ``files`` and chooses the config's auto settings from the split; returns (config, splits)."""
     data = config.data
     splits = stratified_split(files, class_names, test_fraction=data.test_fraction, val_fraction=data.val_fraction,
-                              train_per_class=data.train_per_class, seed=data.split_seed)
+                              train_per_class=data.train_per_class, test_per_class=data.test_per_class,
+                              seed=data.split_seed)
     config = auto.resolve_auto(config, [pathlib.Path(root) / path for path, _ in splits["train"]],
                                len(splits["val"]), get_model_entry(config.model.name), log=log)
     return config, splits
