@@ -11,9 +11,12 @@ and an exit flow. The report shrank it to fit a small parameter budget:
 
 Both end in global average pooling and a dense classifier. The report does not say
 how the entry and exit blocks were narrowed; here the last entry block widens to the
-middle-flow width and the exit block doubles it (Xception: 728 -> 1024), which gives
-1.90M (small) and 6.36M (medium) parameters at 256 classes, Keras counting BatchNorm
-statistics (1.89M and 6.33M counted as PyTorch does, trainable only).
+middle-flow width, and the exit block widens to 512 channels (small: twice its middle
+width, as Xception's exit block widens 728 -> 1024 by about that much) or 728 (medium:
+Xception's own middle-flow width). These are the natural widths that give the reported
+sizes: 1.885M (small, -0.8%) and 5.949M (medium, +0.8%) parameters at 256 classes,
+counted as PyTorch does (trainable only; Keras adds the BatchNorm statistics). Doubling
+the medium's 512 to 1024 would give 6.33M (+7%).
 
 Layer names follow ``keras.applications.Xception`` (``block4_sepconv2_bn``) and also
 name its shortcut layers (``block4_residual_conv``), which Keras leaves unnamed.
@@ -57,7 +60,7 @@ def _downsampling_block(x, filters, block, activate_first=True):
     return layers.Add(name=f"block{block}_add")([x, residual])
 
 
-def _xception(x, num_classes, *, middle_channels, middle_blocks, dropout):
+def _xception(x, num_classes, *, middle_channels, middle_blocks, exit_channels, dropout):
     """Builds a narrowed Xception: entry flow, middle flow, one exit block, GAP head.
 
     Args:
@@ -66,6 +69,7 @@ def _xception(x, num_classes, *, middle_channels, middle_blocks, dropout):
         num_classes: number of logits.
         middle_channels: width of the middle flow (728 in Xception).
         middle_blocks: number of middle-flow blocks (8 in Xception).
+        exit_channels: width of the exit block's output (1024 in Xception).
         dropout: dropout rate before the logits.
 
     Returns:
@@ -91,9 +95,8 @@ def _xception(x, num_classes, *, middle_channels, middle_blocks, dropout):
             x = _separable_bn(x, middle_channels, f"block{block}_sepconv{convolution}")
         x = layers.Add(name=f"block{block}_add")([x, residual])
 
-    # Exit block: one more halving, (batch, s/16, s/16, 2 * middle_channels).
-    x = _downsampling_block(x, (middle_channels, 2 * middle_channels),
-                            first_middle + middle_blocks)
+    # Exit block: one more halving, (batch, s/16, s/16, exit_channels).
+    x = _downsampling_block(x, (middle_channels, exit_channels), first_middle + middle_blocks)
     x = layers.ReLU(name="exit_act")(x)  # the Grad-CAM layer: same name for both sizes
     return pooled_classifier(x, num_classes, dropout)
 
@@ -102,11 +105,11 @@ def _xception(x, num_classes, *, middle_channels, middle_blocks, dropout):
                 min_image_size=23, options=("dropout",), block_pattern=r"block\d+")
 def build_xception_small(x, num_classes, *, dropout=0.0):
     """Builds Xception (1.9M): 5 middle blocks of 256 channels; see :func:`_xception`."""
-    return _xception(x, num_classes, middle_channels=256, middle_blocks=5, dropout=dropout)
+    return _xception(x, num_classes, middle_channels=256, middle_blocks=5, exit_channels=512, dropout=dropout)
 
 
 @register_model("xception_medium", gradcam_layer="exit_act", default_image_size=224,
                 min_image_size=23, options=("dropout",), block_pattern=r"block\d+")
 def build_xception_medium(x, num_classes, *, dropout=0.0):
     """Builds Xception (5.9M): 5 middle blocks of 512 channels; see :func:`_xception`."""
-    return _xception(x, num_classes, middle_channels=512, middle_blocks=5, dropout=dropout)
+    return _xception(x, num_classes, middle_channels=512, middle_blocks=5, exit_channels=728, dropout=dropout)
