@@ -83,15 +83,24 @@ def _train_command(argv):
         overrides = list(args.set) + ([f"data.root={args.data}"] if args.data else []) + strategy
         if args.init_from:
             overrides.append(f"model.init_from={args.init_from}")
-        if args.dataset:
-            from keras_caltech.data.download import download_dataset
-            overrides.append(f"data.root={download_dataset(args.dataset, DOWNLOAD_DIR)}")
         own_data = args.data or args.dataset or any(item.strip().startswith("data.root=") for item in args.set)
-        default = DEFAULT_CONFIG if own_data else QUICKSTART_CONFIG
-        config = load_config(args.config or default, overrides)
+        config_path = args.config or (DEFAULT_CONFIG if own_data else QUICKSTART_CONFIG)
+        config = load_config(config_path, overrides)
+        if args.dataset:  # checked against the config before a download of a gigabyte
+            from keras_caltech.data.download import download_dataset
+
+            if config.data.dataset and config.data.dataset != args.dataset:
+                raise UserError(f"{config_path} is for {config.data.dataset}, not --dataset {args.dataset}")
+            config = load_config(config_path, overrides + [f"data.root={download_dataset(args.dataset, DOWNLOAD_DIR)}"])
         if args.dry_run:
             trainer.dry_run(config)
             return 0
+        if config.data.dataset and not config.data.root:
+            from keras_caltech.data.download import SOURCES
+
+            raise UserError(f"{config_path} trains on {config.data.dataset}: give your copy with --data "
+                            f"path/to/{SOURCES[config.data.dataset].archive_root}, or download it with "
+                            f"--dataset {config.data.dataset}")
         summary = train_evaluate_export(config, args.output_dir)
     if summary["tta"] != "none":  # the figure to compare with a report that tested this way
         tta = summary["tta_metrics"]

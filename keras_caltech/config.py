@@ -27,7 +27,7 @@ import yaml
 
 # The choices are re-exported: the modules that act on a field import them from here.
 from keras_caltech.config_checks import (AUTO, AUTO_CACHE, CACHE_MODES, CHOICES,  # noqa: F401
-                                         CLASS_WEIGHT_MODES, NORMALIZATIONS, OPTIMIZERS,
+                                         CLASS_WEIGHT_MODES, DATASET_CLASSES, NORMALIZATIONS, OPTIMIZERS,
                                          PRECISIONS, SCHEDULES, STRATEGIES, TTA_MODES,
                                          ZERO_MEANS_AUTO, check_choice, check_config,
                                          weights_argument)
@@ -39,6 +39,7 @@ class DataConfig:
     """Where the images come from and how they are split and preprocessed."""
 
     root: str = ""  # folder-per-class tree; "" means the built-in synthetic dataset
+    dataset: str = ""  # the published dataset a config is for (caltech256, caltech101); "" for any tree
     synthetic_dir: str = "data/synthetic"  # where the synthetic dataset is generated once
     synthetic_images_per_class: int = 500
     synthetic_seed: int = 0

@@ -25,6 +25,8 @@ CLASS_WEIGHT_MODES = ("none", "balanced")  # training/recipes.py
 STRATEGIES = ("auto", "one", "mirrored", "multiworker")  # training/distribute.py
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")  # training/precision.py
 TTA_MODES = ("none", "flip", "10crop")  # evaluation/tta.py
+# Published datasets -> their class folders (data/download.py downloads them).
+DATASET_CLASSES = {"caltech256": 257, "caltech101": 102}
 
 # field -> (its valid values, what an error calls them)
 CHOICES = {
@@ -36,6 +38,7 @@ CHOICES = {
     "train.strategy": (STRATEGIES, "choices"),
     "train.precision": (PRECISIONS, "choices"),
     "eval.tta": (TTA_MODES, "modes"),
+    "data.dataset": (("",) + tuple(DATASET_CLASSES), "datasets"),
 }
 
 # Values below these would fail deep inside TensorFlow (a batch of 0 images) or train nothing.
@@ -97,7 +100,8 @@ def check_choice(dotted, value):
     choices, kind = CHOICES[dotted]
     if value not in choices:
         name = "TTA mode" if dotted == "eval.tta" else dotted  # the name --tta's users know it by
-        raise UserError(f"unknown {name} {value!r}. Valid {kind}: {', '.join(choices)}")
+        shown = ", ".join(repr(choice) if choice == "" else choice for choice in choices)  # '' shows as ''
+        raise UserError(f"unknown {name} {value!r}. Valid {kind}: {shown}")
     return value
 
 

@@ -204,3 +204,36 @@ def test_train_help_lists_every_config_field_with_its_default_read_from_the_data
     assert "    data.image_size = 224  (0: chosen from the data)\n" in out
     assert "    model.dropout = none\n" in out and '    data.root = ""\n' in out
     assert "    train.learning_rate = 0.001\n" in out and "    data.exclude_classes = []\n" in out
+
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.parametrize("name, classes", [("caltech256/mycnn_adam.yaml", 257),  # the clutter class kept
+                                           ("caltech256/resnet26_scratch.yaml", 256),
+                                           ("caltech101/small_cnn_5_five_classes.yaml", 5),
+                                           ("caltech101/resnet50_imagenet_finetune.yaml", 101)])
+def test_a_dry_run_of_a_caltech_config_needs_no_copy_of_the_dataset(name, classes, capsys, monkeypatch):
+    import train
+
+    monkeypatch.chdir(REPO)  # nothing is written: no dataset is generated or downloaded
+
+    assert train.main(["--config", f"configs/{name}", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert f"no --data: {classes} classes from the config" in out and f" parameters, {classes} classes, " in out
+
+
+@pytest.mark.parametrize("extra, message", [
+    ([], "configs/caltech256/mycnn_adam.yaml trains on caltech256: give your copy with --data "
+         "path/to/256_ObjectCategories, or download it with --dataset caltech256"),
+    (["--dataset", "caltech101"], "configs/caltech256/mycnn_adam.yaml is for caltech256, not --dataset caltech101"),
+    (["--set", "data.dataset=imagenet"], "unknown data.dataset 'imagenet'. Valid datasets: '', caltech256, caltech101"),
+])
+def test_a_caltech_config_without_its_dataset_is_refused_before_any_download(extra, message, capsys, monkeypatch):
+    import train
+
+    monkeypatch.chdir(REPO)
+
+    assert train.main(["--config", "configs/caltech256/mycnn_adam.yaml", *extra]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: {message}"], err

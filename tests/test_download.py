@@ -428,3 +428,10 @@ def test_the_official_sources_are_https_caltech_data_with_md5s():
         assert source.url.startswith("https://data.caltech.edu/records/"), name
         assert len(source.md5) == 32 and int(source.md5, 16) >= 0, name
         assert source.archive_root.endswith("_ObjectCategories"), name
+
+
+def test_the_config_knows_every_dataset_the_downloader_knows():
+    from keras_caltech.config import DATASET_CLASSES
+    from keras_caltech.data.download import SOURCES
+
+    assert set(DATASET_CLASSES) == set(SOURCES)

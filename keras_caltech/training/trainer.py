@@ -18,7 +18,7 @@ import tensorflow as tf
 import yaml
 
 from keras_caltech import plotting
-from keras_caltech.config import config_to_dict
+from keras_caltech.config import DATASET_CLASSES, config_to_dict
 from keras_caltech.data import synthetic
 from keras_caltech.data.augment import build_augmenter
 from keras_caltech.data.pipeline import NORMALIZATION_MODES, EpochBatches, channel_statistics, split_files
@@ -101,6 +101,8 @@ def dry_run(config, log=print):
     checked as training would check them.
     """
     entry = get_model_entry(config.model.name)
+    if config.data.dataset and not config.data.root:  # a config for a published dataset, not downloaded here
+        return _dry_run_without_data(config, entry, log)
     root = dataset_root(config.data)
     class_names, _ = discover_classes(root, config.data.include_classes, config.data.exclude_classes)
     # Settings left to the data, chosen as a run chooses them, from the split of the
@@ -110,15 +112,34 @@ def dry_run(config, log=print):
         config, _ = _choose_from_split(config, root, files, class_names, log)
     except UserError:  # too few images to split (a model checked on empty class folders): all of them
         config = auto.resolve_auto(config, [root / path for path, _ in files], 0, entry, log=log)
+    return _build_and_describe(config, len(class_names), log)
+
+
+def _dry_run_without_data(config, entry, log):
+    """A dry run of a config for a published dataset (``data.dataset``) with no copy of it at hand.
+
+    The class count comes from the config: its ``include_classes``, else the dataset's
+    class folders less its ``exclude_classes``; settings left to the data take typical values.
+    """
+    data = config.data
+    total = DATASET_CLASSES[data.dataset]
+    num_classes = len(data.include_classes) or total - len(data.exclude_classes)
+    log(f"no --data: {num_classes} classes from the config ({data.dataset} has {total} class folders; "
+        f"{len(data.include_classes)} included, {len(data.exclude_classes)} excluded)")
+    return _build_and_describe(auto.stand_in(config, entry.default_image_size), num_classes, log)
+
+
+def _build_and_describe(config, num_classes, log):
+    """Builds the config's model for ``num_classes``, checks its phases, prints its summary; returns it."""
     plan = phases.plan_phases(config)
     build_augmenter(config.augment, config.data.image_size)
     make_optimizer(config.train, DRY_RUN_STEPS_PER_EPOCH)
-    model = build_model(config, len(class_names))
+    model = build_model(config, num_classes)
     phases.check_fine_tune_blocks(model, config)
     if config.model.init_from:
         phases.initialize_from_run(model, config.model.init_from, log)
     model.summary(print_fn=log)
-    log(f"{config.model.name}: {model.count_params():,} parameters, {len(class_names)} classes, "
+    log(f"{config.model.name}: {model.count_params():,} parameters, {num_classes} classes, "
         f"{config.data.image_size} px input")
     if phases.weights_argument(config) is not None:
         log(f"model.weights={config.model.weights} not loaded: a dry run never reads or downloads weights")
