@@ -100,6 +100,24 @@ def test_runs_with_different_test_splits_are_refused(tiny_runs, tmp_path, capsys
     assert len(err) == 1 and "different test splits" in err[0] and "data.split_seed" in err[0], err
 
 
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_evaluate_split_writes_that_splits_own_files_and_leaves_the_test_results_alone(tiny_runs, tmp_path,
+                                                                                       capsys, split):
+    run = copy_run(tiny_runs[1], tmp_path / "run")
+    before = (run / "metrics.json").read_bytes(), (run / "confusion_matrix.png").read_bytes()
+    assert main(["evaluate", str(run), "--split", split]) == 0
+    out = capsys.readouterr().out
+    splits = json.loads((run / "splits.json").read_text())
+    assert f"{len(splits[split])} {split} images" in out and f"metrics_{split}.json" in out
+    metrics = json.loads((run / f"metrics_{split}.json").read_text())
+    assert metrics["split"] == split and metrics["num_examples"] == len(splits[split])
+    # The counts of its confusion matrix are the split's own labels, class by class.
+    expected = np.bincount([label for _, label in splits[split]], minlength=len(metrics["per_class_accuracy"]))
+    np.testing.assert_array_equal(np.array(metrics["confusion_matrix"]).sum(axis=1), expected)
+    assert (run / f"confusion_matrix_{split}.png").is_file() and (run / f"per_class_{split}.png").is_file()
+    assert ((run / "metrics.json").read_bytes(), (run / "confusion_matrix.png").read_bytes()) == before
+
+
 @pytest.mark.parametrize("case, message", [
     ("missing", "error: run folder not found"),
     ("no_best_model", "has no best.keras"),

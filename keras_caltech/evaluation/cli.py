@@ -42,6 +42,9 @@ def _evaluate(argv):
     parser.add_argument("--tta", help=f"{TTA_HELP} (default: the run's eval.tta, normally none)")
     parser.add_argument("--batch-size", type=int, help="views per forward pass (default: the run's data.batch_size)")
     parser.add_argument("--data", help=DATA_HELP)
+    parser.add_argument("--split", choices=("test", "val", "train"), default="test",
+                        help="the split to evaluate (default test); train and val write metrics_SPLIT.json, "
+                             "confusion_matrix_SPLIT.png and per_class_SPLIT.png")
     args = parser.parse_args(argv)
     _check_flags(args)
     import_tensorflow_quietly()  # after the flags: --help and flag errors need no TensorFlow
@@ -49,10 +52,12 @@ def _evaluate(argv):
     from keras_caltech.runs import open_run
 
     mode = args.tta or open_run(args.run).config.eval.tta
-    metrics = evaluate_run(args.run, mode, batch_size=args.batch_size, data=args.data)
-    print(f"{args.run}: {metrics['num_examples']} test images, {len(metrics['per_class_accuracy'])} classes")
+    metrics = evaluate_run(args.run, mode, split=args.split, batch_size=args.batch_size, data=args.data)
+    print(f"{args.run}: {metrics['num_examples']} {args.split} images, {len(metrics['per_class_accuracy'])} classes")
     _print_metrics({name: metrics["tta"][name] for name in ("none", mode)})
-    print(f"wrote metrics.json, confusion_matrix.png, per_class.png, report.html in {args.run}")
+    written = ("metrics.json, confusion_matrix.png, per_class.png, report.html" if args.split == "test" else
+               f"metrics_{args.split}.json, confusion_matrix_{args.split}.png, per_class_{args.split}.png")
+    print(f"wrote {written} in {args.run}")
     return 0
 
 

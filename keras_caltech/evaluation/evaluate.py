@@ -34,20 +34,18 @@ class Predictions:
     files: list
 
 
-def test_files(run):
-    """A run's saved test split, after checking its images exist.
+def test_files(run, split="test"):
+    """A run's saved split (the test split unless said), after checking its images exist.
 
     Returns:
         (absolute paths, labels), in the order of ``splits.json``.
 
     Raises:
-        UserError: the test split is empty, or the dataset folder or some of its test
-            images are gone.
+        UserError: the split is empty, or the dataset folder or some of its images are gone.
     """
-    pairs = run.splits["test"]
-    if not pairs:
-        raise UserError(f"{run.path / 'splits.json'} holds no test images; nothing to evaluate")
-    return run.split_files("test")  # checks that the images are there
+    if not run.splits[split]:
+        raise UserError(f"{run.path / 'splits.json'} holds no {split} images; nothing to evaluate")
+    return run.split_files(split)  # checks that the images are there
 
 
 def predict_run(run, model, files, mode, batch_size=None):
@@ -73,8 +71,11 @@ def modes_to_run(mode):
     return ("none",) if mode == "none" else ("none", mode)
 
 
-def evaluate_run(run_dir, tta=None, *, batch_size=None, extra=None, data=None, log=print):
+def evaluate_run(run_dir, tta=None, *, split="test", batch_size=None, extra=None, data=None, log=print):
     """Evaluates a run's ``best.keras`` on its test split and writes the results into the run.
+
+    The training or validation split instead (``split``) is evaluated into files of its
+    own (:func:`evaluate_other_split`); ``metrics.json`` and ``report.html`` stay the test's.
 
     Args:
         run_dir: the run folder.
@@ -95,13 +96,9 @@ def evaluate_run(run_dir, tta=None, *, batch_size=None, extra=None, data=None, l
     """
     run = open_run(run_dir, data, need_model=True)
     mode = run.config.eval.tta if tta is None else tta
-    model = load_model_safely(run.model_path)
-    results, predictions = {}, None
-    files = test_files(run)
-    for current in modes_to_run(mode):
-        log(f"evaluating {run.path.name} on {len(run.splits['test'])} test images, TTA {current} ...")
-        predictions = predict_run(run, model, files, current, batch_size)
-        results[current] = classification_metrics(predictions.logits, predictions.labels, run.class_names)
+    if split != "test":
+        return evaluate_other_split(run, split, mode, batch_size=batch_size, log=log)
+    results, predictions = _predict_modes(run, "test", mode, batch_size, log)
 
     metrics = _existing_metrics(run.path / "metrics.json", log)
     metrics.update(results["none"], split="test", **(extra or {}))
@@ -109,6 +106,32 @@ def evaluate_run(run_dir, tta=None, *, batch_size=None, extra=None, data=None, l
     write_json(run.path / "metrics.json", metrics)
     report.write_figures(run.path, results[mode], run.class_names, mode)
     report.write_run_report(run, metrics, mode, predictions)
+    return metrics
+
+
+def _predict_modes(run, split, mode, batch_size, log):
+    """The metrics of the plain pass and of ``mode`` on ``split``; returns (results by mode, last Predictions)."""
+    model = load_model_safely(run.model_path)
+    results, predictions = {}, None
+    files = test_files(run, split)
+    for current in modes_to_run(mode):
+        log(f"evaluating {run.path.name} on {len(run.splits[split])} {split} images, TTA {current} ...")
+        predictions = predict_run(run, model, files, current, batch_size)
+        results[current] = classification_metrics(predictions.logits, predictions.labels, run.class_names)
+    return results, predictions
+
+
+def evaluate_other_split(run, split, mode, *, batch_size=None, log=print):
+    """Evaluates a run's training or validation split: ``metrics_SPLIT.json``, ``confusion_matrix_SPLIT.png``.
+
+    Returns:
+        The dict written: the plain pass's :func:`classification_metrics`, ``split``, and
+        ``tta[mode]`` of each mode evaluated.
+    """
+    results, _ = _predict_modes(run, split, mode, batch_size, log)
+    metrics = {**results["none"], "split": split, "tta": results}
+    write_json(run.path / f"metrics_{split}.json", metrics)
+    report.write_figures(run.path, results[mode], run.class_names, mode, split=split)
     return metrics
 
 

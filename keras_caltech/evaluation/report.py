@@ -45,8 +45,10 @@ pre { background: #f7f7f7; padding: 1em; overflow-x: auto; font-size: 0.85em; }
 """
 
 
-def write_figures(folder, result, class_names, mode):
+def write_figures(folder, result, class_names, mode, split="test"):
     """Writes ``confusion_matrix.png`` and ``per_class.png`` of one evaluation into ``folder``.
+
+    A split other than the test split gets its own files: ``confusion_matrix_train.png``.
 
     Args:
         folder: a run (or ensemble) folder.
@@ -55,10 +57,12 @@ def write_figures(folder, result, class_names, mode):
         mode: the TTA mode of ``result``, named in the titles.
     """
     folder = pathlib.Path(folder)
-    plotting.plot_confusion_matrix(np.array(result["confusion_matrix"]), class_names, folder / CONFUSION_MATRIX,
-                                   title=f"Confusion matrix, row-normalised (test split, TTA {mode})")
-    plotting.plot_per_class_accuracy(result["per_class_accuracy"], folder / PER_CLASS,
-                                     title=f"Worst classes (TTA {mode})")
+    suffix = "" if split == "test" else f"_{split}"
+    plotting.plot_confusion_matrix(np.array(result["confusion_matrix"]), class_names,
+                                   folder / CONFUSION_MATRIX.replace(".png", f"{suffix}.png"),
+                                   title=f"Confusion matrix, row-normalised ({split} split, TTA {mode})")
+    plotting.plot_per_class_accuracy(result["per_class_accuracy"], folder / PER_CLASS.replace(".png", f"{suffix}.png"),
+                                     title=f"Worst classes ({split} split, TTA {mode})")
 
 
 def thumbnail_data_uri(path, side=THUMBNAIL_SIDE):
