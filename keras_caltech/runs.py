@@ -156,13 +156,26 @@ class RunFolder:
     def model_path(self):
         return self.path / BEST_MODEL
 
-    def split_files(self, split):
-        """Returns (absolute paths, labels) of a split, after checking that its images exist.
+    def split_pairs(self, split):
+        """A split's saved (relative path, label) pairs, for a command that needs at least one.
 
         Raises:
-            UserError: the dataset folder, or some of the split's images, are gone.
+            UserError: the split holds no images.
         """
-        pairs = self.splits[split]
+        if not self.splits[split]:
+            raise UserError(f"the {split} split of run {self.path} holds no images ({self.path / 'splits.json'})")
+        return self.splits[split]
+
+    def split_files(self, split, required=False):
+        """Returns (absolute paths, labels) of a split, after checking that its images exist.
+
+        ``required``: the split must hold images (see :meth:`split_pairs`).
+
+        Raises:
+            UserError: the dataset folder, or some of the split's images, are gone; or
+                (``required``) the split is empty.
+        """
+        pairs = self.split_pairs(split) if required else self.splits[split]
         remedy = "Restore the dataset there, or give its new place with --data"
         if pairs and not self.root.is_dir():
             raise UserError(f"the dataset folder of {self.path} is gone: {self.root} (from splits.json). {remedy}")

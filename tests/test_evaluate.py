@@ -118,6 +118,20 @@ def test_evaluate_split_writes_that_splits_own_files_and_leaves_the_test_results
     assert ((run / "metrics.json").read_bytes(), (run / "confusion_matrix.png").read_bytes()) == before
 
 
+def test_a_run_whose_split_is_empty_is_refused_by_evaluate_and_explain_alike(tiny_runs, tmp_path, capsys):
+    import explain
+
+    run = copy_run(tiny_runs[1], tmp_path / "run")
+    splits = json.loads((run / "splits.json").read_text())
+    splits["test"] = []
+    (run / "splits.json").write_text(json.dumps(splits))
+    expected = f"error: the test split of run {run} holds no images ({run / 'splits.json'})"
+    assert main(["evaluate", str(run)]) == 2
+    assert error_lines(capsys) == [expected]
+    assert explain.main(["--run", str(run), "--sample", "2x1", "--output-dir", str(tmp_path / "x")]) == 2
+    assert error_lines(capsys) == [expected]
+
+
 @pytest.mark.parametrize("case, message", [
     ("missing", "error: run folder not found"),
     ("no_best_model", "has no best.keras"),

@@ -17,7 +17,7 @@ import numpy as np
 
 from keras_caltech.errors import UserError
 from keras_caltech.evaluation import report
-from keras_caltech.evaluation.evaluate import Predictions, predict_run, test_files
+from keras_caltech.evaluation.evaluate import Predictions, predict_run
 from keras_caltech.evaluation.metrics import classification_metrics
 from keras_caltech.models.loading import load_model_safely
 from keras_caltech.runs import create_run_folder, open_run, write_json
@@ -77,7 +77,7 @@ def ensemble_predictions(runs, mode, batch_size=None, log=print):
         (ensemble Predictions with summed logits, list of each member's Predictions).
     """
     members = []
-    files = test_files(runs[0])  # one file list serves every member: the same images in the same order
+    files = runs[0].split_files("test", required=True)  # one file list serves every member: the same images in the same order
     for run in runs:
         log(f"predicting {run.path} ({run.config.model.name}, TTA {mode}) ...")
         members.append(predict_run(run, load_model_safely(run.model_path), files, mode, batch_size))

@@ -34,20 +34,6 @@ class Predictions:
     files: list
 
 
-def test_files(run, split="test"):
-    """A run's saved split (the test split unless said), after checking its images exist.
-
-    Returns:
-        (absolute paths, labels), in the order of ``splits.json``.
-
-    Raises:
-        UserError: the split is empty, or the dataset folder or some of its images are gone.
-    """
-    if not run.splits[split]:
-        raise UserError(f"{run.path / 'splits.json'} holds no {split} images; nothing to evaluate")
-    return run.split_files(split)  # checks that the images are there
-
-
 def predict_run(run, model, files, mode, batch_size=None):
     """Returns the :class:`Predictions` of a run's ``model`` on a split's files, with TTA ``mode``.
 
@@ -55,7 +41,7 @@ def predict_run(run, model, files, mode, batch_size=None):
         run: a RunFolder (its config gives the batch size and ``augment.resize_crop``).
         model: the run's loaded model; its own input size is used (a model without a
             fixed square input is refused with a UserError).
-        files: (paths, labels) of the images, e.g. from :func:`test_files`.
+        files: (paths, labels) of the images, e.g. from ``RunFolder.split_files``.
         mode: a TTA mode.
         batch_size: views per forward pass; default the run's ``data.batch_size``.
     """
@@ -113,7 +99,7 @@ def _predict_modes(run, split, mode, batch_size, log):
     """The metrics of the plain pass and of ``mode`` on ``split``; returns (results by mode, last Predictions)."""
     model = load_model_safely(run.model_path)
     results, predictions = {}, None
-    files = test_files(run, split)
+    files = run.split_files(split, required=True)
     for current in modes_to_run(mode):
         log(f"evaluating {run.path.name} on {len(run.splits[split])} {split} images, TTA {current} ...")
         predictions = predict_run(run, model, files, current, batch_size)

@@ -85,9 +85,7 @@ def assess_run(run, method="gradcam", layer_name=None, max_images=200, seed=0,
     log = log or (lambda line: None)
     explainer = cam_explainer(run.model, method, layer_name)
     size = run.image_size
-    labels = np.array([label for _, label in run.folder.splits["test"]], int)
-    if not len(labels):
-        raise UserError(f"the test split of run {run.folder.path} holds no images")
+    labels = np.array([label for _, label in run.folder.split_pairs("test")], int)
     rng = np.random.default_rng(seed)
     chosen = np.sort(rng.permutation(len(labels))[:max_images])
 

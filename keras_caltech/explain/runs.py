@@ -120,9 +120,7 @@ def split_dataset(run, split="test", indices=None, batch_size=BATCH_SIZE):
     Raises:
         UserError: the split is empty, or its images are gone.
     """
-    paths, labels = run.folder.split_files(split)
-    if not paths:
-        raise UserError(f"the {split} split of run {run.folder.path} holds no images")
+    paths, labels = run.folder.split_files(split, required=True)
     indices = np.arange(len(paths)) if indices is None else np.asarray(indices, int)
     dataset = read_split([paths[index] for index in indices], np.asarray(labels, np.int32)[indices],
                          run.image_size, run.resize_crop)
