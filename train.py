@@ -102,17 +102,27 @@ def _train_command(argv):
                             f"path/to/{SOURCES[config.data.dataset].archive_root}, or download it with "
                             f"--dataset {config.data.dataset}")
         summary = train_evaluate_export(config, args.output_dir)
+    _print_summary(summary)
+    return 0
+
+
+def _print_summary(summary):
+    """Prints a finished run's figures, the TTA ones first when the config tests that way."""
+    name = summary["reported_as"]  # test, or validation under the train_val protocol
     if summary["tta"] != "none":  # the figure to compare with a report that tested this way
         tta = summary["tta_metrics"]
-        print(f"test top-1 {tta['top1']:.2%}  top-5 {tta['top5']:.2%}  with {summary['tta']} testing")
-    print(f"test top-1 {summary['top1']:.2%}  top-5 {summary['top5']:.2%}  "
-          f"mean per-class {summary['mean_per_class_accuracy']:.2%}  ({summary['num_test']} test images, "
+        print(f"{name} top-1 {tta['top1']:.2%}  top-5 {tta['top5']:.2%}  with {summary['tta']} testing")
+    print(f"{name} top-1 {summary['top1']:.2%}  top-5 {summary['top5']:.2%}  "
+          f"mean per-class {summary['mean_per_class_accuracy']:.2%}  ({summary['num_test']} {name} images, "
           f"{summary['num_excluded']} files excluded{', one view each' if summary['tta'] != 'none' else ''})")
+    if name != "test":
+        from keras_caltech.data.splits import TRAIN_VAL_NOTE
+
+        print(f"({TRAIN_VAL_NOTE})")
     print(f"best epoch {summary['best_epoch']} of {summary['epochs_run']}, {summary['seconds']:.0f} s; "
           f"run folder: {summary['run_dir']}")
     if summary["export_dir"]:
         print(f"SavedModel for TF Serving: {summary['export_dir']}")
-    return 0
 
 
 if __name__ == "__main__":

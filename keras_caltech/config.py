@@ -28,7 +28,7 @@ import yaml
 # The choices are re-exported: the modules that act on a field import them from here.
 from keras_caltech.config_checks import (AUTO, AUTO_CACHE, CACHE_MODES, CHOICES,  # noqa: F401
                                          CLASS_WEIGHT_MODES, DATASET_CLASSES, NORMALIZATIONS, OPTIMIZERS,
-                                         PRECISIONS, SCHEDULES, STRATEGIES, TTA_MODES,
+                                         PRECISIONS, PROTOCOLS, SCHEDULES, STRATEGIES, TTA_MODES,
                                          ZERO_MEANS_AUTO, check_choice, check_config,
                                          weights_argument)
 from keras_caltech.errors import UserError
@@ -48,8 +48,12 @@ class DataConfig:
     batch_size: int = 32
     exclude_classes: tuple[str, ...] = ()  # folder names or names without the NNN. prefix
     include_classes: tuple[str, ...] = ()  # keep only these (empty: all)
+    # train_val_test: train, select the checkpoint on val, report on an unseen test split.
+    # train_val: the published reports' protocol: train on all but test_fraction, which
+    # both selects the checkpoint and is reported (as validation accuracy); no val_fraction.
+    protocol: str = "train_val_test"
     test_fraction: float = 0.2
-    val_fraction: float = 0.1  # share of the training part held out for checkpoint selection
+    val_fraction: float = 0.1  # train_val_test: share of the training part held out for checkpoint selection
     train_per_class: int = 0  # >0: the literature's protocol, N training images per class, rest test
     test_per_class: int = 0  # >0: at most N test images per class (the rest unused), as some reports tested
     split_seed: int = 0

@@ -25,12 +25,16 @@ CLASS_WEIGHT_MODES = ("none", "balanced")  # training/recipes.py
 STRATEGIES = ("auto", "one", "mirrored", "multiworker")  # training/distribute.py
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")  # training/precision.py
 TTA_MODES = ("none", "flip", "10crop")  # evaluation/tta.py
+# train_val_test: select the checkpoint on a validation split, report on an unseen test
+# split. train_val: the published reports' protocol, one held-out split for both.
+PROTOCOLS = ("train_val_test", "train_val")  # data/splits.py
 # Published datasets -> their class folders (data/download.py downloads them).
 DATASET_CLASSES = {"caltech256": 257, "caltech101": 102}
 
 # field -> (its valid values, what an error calls them)
 CHOICES = {
     "data.normalization": (NORMALIZATIONS, "choices"),
+    "data.protocol": (PROTOCOLS, "protocols"),
     "data.cache": (CACHE_MODES + (AUTO_CACHE,), "choices"),
     "train.optimizer": (OPTIMIZERS, "optimizers"),
     "train.schedule": (SCHEDULES, "schedules"),

@@ -35,7 +35,8 @@ def train_evaluate_export(config, output_dir=None, *, resume=False, moved_data=N
     Returns:
         A summary dict: run_dir, export_dir (None when config.export.enabled is false,
         and on every worker but the chief), top1, top5, mean_per_class_accuracy,
-        num_test, num_excluded, epochs_run, best_epoch, seconds.
+        num_test, num_excluded, epochs_run, best_epoch, seconds, tta, tta_metrics, and
+        reported_as ("test", or "validation" under the train_val protocol).
 
     Raises:
         UserError: see ``trainer.train``; a failed export names the command that retries it.
@@ -58,7 +59,8 @@ def train_evaluate_export(config, output_dir=None, *, resume=False, moved_data=N
             "num_excluded": trained["num_excluded"], "epochs_run": trained["epochs_run"],
             "best_epoch": trained["best_epoch"], "seconds": round(time.time() - started, 1),
             "export_dir": None if export_dir is None else str(export_dir),
-            "tta": config.eval.tta, "tta_metrics": metrics["tta"][config.eval.tta]}
+            "tta": config.eval.tta, "tta_metrics": metrics["tta"][config.eval.tta],
+            "reported_as": metrics["reported_as"]}
 
 
 def _export_once(config, run_dir, class_names, log):

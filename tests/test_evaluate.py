@@ -176,3 +176,28 @@ def test_mistake_examples_are_the_images_of_each_pair_most_confident_first():
     pairs = classification_metrics(logits, predictions.labels, ["a", "b", "c"])["most_confused"]
     assert [(pair["true"], pair["predicted"], pair["count"]) for pair in pairs] == [("a", "b", 2), ("b", "c", 1)]
     assert mistake_examples(predictions, ["a", "b", "c"], pairs) == [[("i2", 5.0), ("i0", 1.0)], [("i3", 1.0)]]
+
+
+def test_a_train_val_protocol_run_selects_and_reports_on_one_split_and_says_so(tiny_dataset, tiny_runs, tmp_path,
+                                                                                capsys):
+    import train
+
+    run = tmp_path / "reports"
+    assert train.main(["--data", str(tiny_dataset), "--output-dir", str(run), "--set", "data.protocol=train_val",
+                       "--set", "data.batch_size=8", "--set", "train.epochs=1", "--set", "data.cache_dir=",
+                       "--set", "data.image_size=32", "--set", "train.tensorboard=false",
+                       "--set", "export.enabled=false", "--set", "model.name=mycnn"]) == 0
+    out = capsys.readouterr().out
+    assert "validation top-1" in out and "test top-1" not in out and "same images selected the checkpoint" in out
+    splits = json.loads((run / "splits.json").read_text())
+    assert splits["val"] == splits["test"] and not {tuple(pair) for pair in splits["train"]} & {
+        tuple(pair) for pair in splits["val"]}
+    default_splits = json.loads((tiny_runs[0] / "splits.json").read_text())
+    assert splits["test"] == default_splits["test"]  # the same held-out 20%; training gets the rest
+    assert len(splits["train"]) == len(default_splits["train"]) + len(default_splits["val"])
+    metrics = read_metrics(run)
+    assert (metrics["protocol"], metrics["reported_as"]) == ("train_val", "validation")
+    assert (read_metrics(tiny_runs[0])["reported_as"]) == "test"
+    assert "Validation metrics" in (run / "report.html").read_text()
+    assert main(["evaluate", str(run)]) == 0
+    assert f"{metrics['num_examples']} validation images" in capsys.readouterr().out

@@ -117,3 +117,13 @@ def test_a_cache_folder_that_cannot_be_written_costs_a_rescan_not_the_scan(messy
     err = capsys.readouterr().err
     assert err.startswith("warning: cannot save the scan cache in") and "data.cache_dir" in err
     assert not unwritable.exists()
+
+
+def test_the_train_val_protocol_selects_and_reports_on_one_held_out_split():
+    files, names = _files([100, 40]), ["a", "b"]
+    three_way = stratified_split(files, names, test_fraction=0.2, val_fraction=0.1, seed=3)
+    reports = stratified_split(files, names, test_fraction=0.2, val_fraction=0.1, seed=3, protocol="train_val")
+    assert reports["val"] == reports["test"] == three_way["test"]  # the same held-out images
+    assert len(reports["train"]) == 80 + 32  # the whole 80%: no validation carved from it
+    assert not set(reports["train"]) & set(reports["val"])
+    assert sorted(reports["train"] + reports["val"]) == sorted(files)

@@ -4,6 +4,12 @@
 Caltech-256's imbalance (80 to 827 images per class) a random cut leaves some classes
 thin in the test set. Here every class is cut separately, so each split keeps the
 class proportions, and the cut depends only on the seed and the file list.
+
+Two protocols (``data.protocol``): ``train_val_test`` holds out a test split that nothing
+in training sees, and carves a validation split from the training part to select the
+checkpoint; ``train_val`` is the published reports' protocol, one held-out split that
+both selects the checkpoint and is reported, so its figure is optimistic by the
+selection. Under ``train_val`` the test split is the validation split, file for file.
 """
 
 import zlib
@@ -15,8 +21,18 @@ from keras_caltech.errors import UserError
 SPLIT_NAMES = ("train", "val", "test")
 
 
+# Said wherever a train_val run's figures are shown.
+TRAIN_VAL_NOTE = ("train_val protocol, as the published reports: the same images selected the "
+                  "checkpoint, so the figure is optimistic by that choice")
+
+
+def held_out_name(protocol):
+    """What the test split's figures are called under ``protocol``: "test" or "validation"."""
+    return "validation" if protocol == "train_val" else "test"
+
+
 def stratified_split(files, class_names, *, test_fraction=0.2, val_fraction=0.1,
-                     train_per_class=0, test_per_class=0, seed=0):
+                     train_per_class=0, test_per_class=0, seed=0, protocol="train_val_test"):
     """Splits (path, label) pairs into train, val and test, class by class.
 
     Args:
@@ -24,12 +40,14 @@ def stratified_split(files, class_names, *, test_fraction=0.2, val_fraction=0.1,
         class_names: the class names; labels index into it.
         test_fraction: share of each class held out for testing (default protocol).
         val_fraction: share of each class's training part held out for checkpoint
-            selection; 0 disables validation.
+            selection; 0 disables validation. Not used by the train_val protocol.
         train_per_class: if > 0, the literature's protocol: this many training images
             per class (validation carved from them), all the rest for testing.
         test_per_class: if > 0, at most this many test images per class; the rest of
             the held-out images are used by no split.
         seed: the split is a function of the seed and the file list only.
+        protocol: "train_val_test", or "train_val": the held-out images are both the
+            validation and the test split (see the module docstring).
 
     Returns:
         dict with keys "train", "val", "test", each a list of (path, label) sorted by path.
@@ -66,11 +84,13 @@ def stratified_split(files, class_names, *, test_fraction=0.2, val_fraction=0.1,
         train, test = paths[:num_train], paths[num_train:]
         if test_per_class:
             test = test[:test_per_class]
-        num_val = round(len(train) * val_fraction)
-        if val_fraction > 0 and len(train) >= 2:
-            num_val = max(1, num_val)
-        splits["val"] += [(path, label) for path in train[:num_val]]
-        splits["train"] += [(path, label) for path in train[num_val:]]
+        if protocol == "train_val":
+            val, train = test, train
+        else:
+            num_val = _num_val(len(train), val_fraction)
+            val, train = train[:num_val], train[num_val:]
+        splits["val"] += [(path, label) for path in val]
+        splits["train"] += [(path, label) for path in train]
         splits["test"] += [(path, label) for path in test]
     if too_small:
         need = f"more than {train_per_class}" if train_per_class else "at least 2"
@@ -78,3 +98,9 @@ def stratified_split(files, class_names, *, test_fraction=0.2, val_fraction=0.1,
                         f"for this split (need {need}). Exclude them with data.exclude_classes "
                         "or change the split settings")
     return {name: sorted(pairs) for name, pairs in splits.items()}
+
+
+def _num_val(num_train, val_fraction):
+    """Validation images carved from a class's ``num_train``: at least one when asked for and possible."""
+    num_val = round(num_train * val_fraction)
+    return max(1, num_val) if val_fraction > 0 and num_train >= 2 else num_val

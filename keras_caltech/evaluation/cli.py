@@ -48,12 +48,16 @@ def _evaluate(argv):
     args = parser.parse_args(argv)
     _check_flags(args)
     import_tensorflow_quietly()  # after the flags: --help and flag errors need no TensorFlow
+    from keras_caltech.data.splits import TRAIN_VAL_NOTE, held_out_name
     from keras_caltech.evaluation.evaluate import evaluate_run
     from keras_caltech.runs import open_run
 
     mode = args.tta or open_run(args.run).config.eval.tta
     metrics = evaluate_run(args.run, mode, split=args.split, batch_size=args.batch_size, data=args.data)
-    print(f"{args.run}: {metrics['num_examples']} {args.split} images, {len(metrics['per_class_accuracy'])} classes")
+    split = held_out_name(metrics.get("protocol")) if args.split == "test" else args.split
+    print(f"{args.run}: {metrics['num_examples']} {split} images, {len(metrics['per_class_accuracy'])} classes")
+    if split != args.split:
+        print(f"({TRAIN_VAL_NOTE})")
     _print_metrics({name: metrics["tta"][name] for name in ("none", mode)})
     written = ("metrics.json, confusion_matrix.png, per_class.png, report.html" if args.split == "test" else
                f"metrics_{args.split}.json, confusion_matrix_{args.split}.png, per_class_{args.split}.png")

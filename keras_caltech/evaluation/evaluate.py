@@ -11,6 +11,7 @@ import pathlib
 
 import numpy as np
 
+from keras_caltech.data.splits import held_out_name
 from keras_caltech.errors import UserError
 from keras_caltech.evaluation import report
 from keras_caltech.evaluation.metrics import classification_metrics
@@ -87,7 +88,8 @@ def evaluate_run(run_dir, tta=None, *, split="test", batch_size=None, extra=None
     results, predictions = _predict_modes(run, "test", mode, batch_size, log)
 
     metrics = _existing_metrics(run.path / "metrics.json", log)
-    metrics.update(results["none"], split="test", **(extra or {}))
+    metrics.update(results["none"], split="test", protocol=run.config.data.protocol,
+                   reported_as=held_out_name(run.config.data.protocol), **(extra or {}))
     metrics["tta"] = {**metrics.get("tta", {}), **results}
     write_json(run.path / "metrics.json", metrics)
     report.write_figures(run.path, results[mode], run.class_names, mode)

@@ -18,6 +18,7 @@ import yaml
 
 from keras_caltech import plotting
 from keras_caltech.config import TTA_MODES, config_to_dict
+from keras_caltech.data.splits import TRAIN_VAL_NOTE, held_out_name
 from keras_caltech.evaluation.tta import TTA_VIEWS
 from keras_caltech.html_page import data_uri, escape, file_data_uri, page
 from keras_caltech.runs import write_atomically
@@ -204,6 +205,8 @@ def _run_summary(run, metrics):
         ["dataset", f"{run.root} ({len(run.class_names)} classes)"],
         ["images train / val / test",
          " / ".join(str(len(run.splits[name])) for name in ("train", "val", "test"))],
+        ["protocol", TRAIN_VAL_NOTE if config.data.protocol == "train_val" else
+                     f"{config.data.protocol}: checkpoint selected on val, figures on the unseen test split"],
         ["training", f"{config.train.epochs} epochs, {config.train.optimizer} at learning rate "
                      f"{config.train.learning_rate}, {config.train.schedule} schedule, seed {config.train.seed}"],
         ["best checkpoint", f"epoch {metrics.get('best_epoch', '?')} by {metrics.get('monitor', '?')}"],
@@ -230,7 +233,7 @@ def write_run_report(run, metrics, mode, predictions):
     result = metrics["tta"][mode]
     sections = [
         ("Configuration", _run_summary(run, metrics)),
-        ("Test metrics", metrics_table(metrics, mode) + _TTA_NOTE),
+        (f"{held_out_name(run.config.data.protocol).capitalize()} metrics", metrics_table(metrics, mode) + _TTA_NOTE),
         ("Training curves", _figure(run.path / "curves.png", "loss and top-1 accuracy per epoch")),
         *_analysis_sections(run.path, result, predictions, run.class_names, mode, run.root),
         ("Grad-CAM gallery", gallery_section(run.path / "explain")),

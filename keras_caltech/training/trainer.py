@@ -153,7 +153,7 @@ def _choose_from_split(config, root, files, class_names, log):
     data = config.data
     splits = stratified_split(files, class_names, test_fraction=data.test_fraction, val_fraction=data.val_fraction,
                               train_per_class=data.train_per_class, test_per_class=data.test_per_class,
-                              seed=data.split_seed)
+                              seed=data.split_seed, protocol=data.protocol)
     config = auto.resolve_auto(config, [pathlib.Path(root) / path for path, _ in splits["train"]],
                                len(splits["val"]), get_model_entry(config.model.name), log=log)
     return config, splits
@@ -233,8 +233,10 @@ def train(config, output_dir=None, *, resume=False, moved_data=None, verbose=Non
         log(recipes.describe_recipe(config))
         config, run_dir, scan, splits = _new_run(config, run_dir, log)
     class_names = scan.class_names
-    log(f"{len(class_names)} classes; train/val/test = "
-        f"{'/'.join(str(len(splits[name])) for name in SPLIT_NAMES)} images; "
+    sizes = (f"train/val = {len(splits['train'])}/{len(splits['val'])} images (train_val protocol: val "
+             f"selects the checkpoint and is reported)" if config.data.protocol == "train_val" else
+             f"train/val/test = {'/'.join(str(len(splits[name])) for name in SPLIT_NAMES)} images")
+    log(f"{len(class_names)} classes; {sizes}; "
         f"{len(scan.excluded)} file(s) excluded (see {run_dir / 'data_report.json'})")
     files = {name: split_files(scan.root, splits[name]) for name in SPLIT_NAMES if splits[name]}
     if resume:
