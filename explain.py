@@ -2,9 +2,11 @@
 
     python explain.py --image photo.jpg [more.jpg ...] (--run runs/NAME | --model FILE.keras)
         [--class NAME|INDEX] [--method gradcam] [--layer NAME] [--output-dir DIR]
-    python explain.py --run runs/NAME --sample 5x2 [--seed 0]   # grid PNG + HTML page
+    python explain.py --run runs/NAME --sample 5x2 [--seed 0] [--correct-only]  # grid PNG + HTML
     python explain.py --run runs/NAME --misclassified 8          # true vs predicted class
     python explain.py --run runs/NAME --method patches --class NAME   # over the test split
+    python explain.py --run runs/NAME --method patches --layer L --channel C
+    python explain.py --run runs/NAME --image photo.jpg --method guided-backprop --layer L --channel C
     python explain.py --run runs/NAME --evaluate [--max-images 200]   # explain_metrics.json
 
 With --run, the model is the run's best.keras, the class names its class_names.json,
@@ -45,7 +47,8 @@ def parse_args(argv):
     action = parser.add_argument_group("what to explain (one of)")
     action.add_argument("--image", nargs="+", help="image file(s), RGB or grey")
     action.add_argument("--sample", type=grid_shape, metavar="AxB",
-                        help="with --run: A random classes x B random test images, one grid + HTML")
+                        help="with --run: A random classes x B random test images, one grid + HTML "
+                             "(image | heatmap | overlay each)")
     action.add_argument("--misclassified", type=int, metavar="N",
                         help="with --run: the N most confident test mistakes, true vs predicted class")
     action.add_argument("--evaluate", action="store_true",
@@ -55,7 +58,12 @@ def parse_args(argv):
     parser.add_argument("--method", default="gradcam", choices=image_files.METHODS)
     parser.add_argument("--layer", help="4-D layer to explain; nested: backbone/layer "
                                         "(default: the model's declared Grad-CAM layer)")
-    parser.add_argument("--channel", type=int, help="with --method patches: a channel of --layer")
+    parser.add_argument("--channel", type=int,
+                        help="a channel of --layer to explain instead of a class: with --method "
+                             "patches its strongest image patches, with --method guided-backprop the "
+                             "guided gradient of its strongest unit in each image")
+    parser.add_argument("--correct-only", action="store_true",
+                        help="with --sample: only test images the model classifies right")
     parser.add_argument("--output-dir", help="folder for the figures (default: the run's explain/ "
                                              "with --run, else explanations/)")
     parser.add_argument("--seed", type=int, default=0, help="picks --sample and --evaluate images")
@@ -88,6 +96,10 @@ def check_args(args):
         raise UserError(f"--max-images must be at least 1. Received: {args.max_images}")
     if args.class_ is not None and (args.misclassified is not None or args.evaluate):
         raise UserError(f"{actions[0]} chooses the classes it explains: drop --class")
+    if args.correct_only and args.sample is None:
+        raise UserError("--correct-only picks the images of --sample AxB: use it with --sample")
+    image_files.check_unit_choice(args.method, args.class_ is not None, args.layer is not None,
+                                  args.channel)
 
 
 def explain(args):
@@ -110,7 +122,7 @@ def explain(args):
                                           run.resize_crop if run else runs.resize_crop_beside(args.model)), []
     if args.sample:
         return gallery.sample_gallery(run, *args.sample, args.method, args.layer, class_index,
-                                      args.seed, output_dir)
+                                      args.seed, output_dir, args.correct_only)
     if args.misclassified is not None:
         return gallery.misclassified_gallery(run, args.misclassified, args.method, args.layer,
                                              output_dir)

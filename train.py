@@ -12,7 +12,7 @@ import os
 import sys
 
 from keras_caltech.cli import ArgumentParser, import_tensorflow_quietly, run_command  # light: no TensorFlow
-from keras_caltech.config import describe_fields, load_config  # light too
+from keras_caltech.config import DATASET_CLASSES, describe_fields, load_config  # light too
 
 DOWNLOAD_DIR = "data"
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
@@ -23,7 +23,7 @@ QUICKSTART_CONFIG = os.path.join(CONFIG_DIR, "quickstart.yaml")  # the same reci
 def parse_args(argv):
     parser = ArgumentParser(
         description="Train a CNN image classifier on a folder-per-class dataset\n"
-                    "(Caltech-256, Caltech-101, or the built-in synthetic one).",
+                    "(your own, a published one by --dataset, or the built-in synthetic one).",
         epilog=describe_fields() + "\n\nWhat each field means: keras_caltech/config.py.",
         formatter_class=argparse.RawDescriptionHelpFormatter)  # keeps the field list one per line
     parser.add_argument("--config",
@@ -34,9 +34,9 @@ def parse_args(argv):
                                        "dataset's new folder, if it moved since the run started")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="override one config field, e.g. --set train.epochs=3 (repeatable)")
-    parser.add_argument("--dataset", choices=("caltech256", "caltech101"),
-                        help="download (once, with checksum) and train on an official Caltech dataset "
-                             "under data/ (overrides --data)")
+    parser.add_argument("--dataset", choices=tuple(DATASET_CLASSES),  # the names data/download.py knows
+                        help="download (once, with checksum) and train on a published dataset, kept "
+                             "under data/ as a folder per class (overrides --data)")
     parser.add_argument("--output-dir", help="run folder to create (default: runs/NAME-DATE-TIME)")
     parser.add_argument("--init-from", metavar="RUN",
                         help="start from another run's weights (a run folder's best.keras, or a .keras "
@@ -47,6 +47,10 @@ def parse_args(argv):
     parser.add_argument("--resume", metavar="RUN_DIR",
                         help="continue a stopped or killed run from its last completed epoch, with the "
                              "config saved in RUN_DIR/config.yaml")
+    parser.add_argument("--chain", metavar="FOLDER",
+                        help="train the folder's configs in file-name order, each stage starting from the "
+                             "previous one's weights (e.g. configs/progressive); run it again to continue "
+                             "after a stop. Run folders: --output-dir/STAGE (default runs/FOLDER/STAGE)")
     parser.add_argument("--strategy", metavar="NAME",
                         help="auto | one | mirrored (all GPUs of this machine) | multiworker (machines "
                              "listed in TF_CONFIG); overrides train.strategy, also with --resume")
@@ -54,7 +58,9 @@ def parse_args(argv):
 
 
 # Flags that would change what a resumed run trains; its config.yaml decides instead.
-_NOT_WITH_RESUME = ("config", "set", "dataset", "output_dir", "init_from", "dry_run")
+_NOT_WITH_RESUME = ("config", "set", "dataset", "output_dir", "init_from", "dry_run", "chain")
+# A chain's stage configs name their data and starting weights.
+_NOT_WITH_CHAIN = ("config", "data", "dataset", "init_from", "resume")
 
 
 def main(argv=None):
@@ -71,6 +77,8 @@ def _train_command(argv):
     from keras_caltech.workflow import train_evaluate_export
 
     strategy = [f"train.strategy={args.strategy}"] if args.strategy else []
+    if args.chain:
+        return _chain_command(args, strategy)
     if args.resume:
         given = [name for name in _NOT_WITH_RESUME if getattr(args, name)]
         if given:
@@ -99,10 +107,25 @@ def _train_command(argv):
             from keras_caltech.data.download import SOURCES
 
             raise UserError(f"{config_path} trains on {config.data.dataset}: give your copy with --data "
-                            f"path/to/{SOURCES[config.data.dataset].archive_root}, or download it with "
+                            f"path/to/{SOURCES[config.data.dataset].root_name}, or download it with "
                             f"--dataset {config.data.dataset}")
         summary = train_evaluate_export(config, args.output_dir)
     _print_summary(summary)
+    return 0
+
+
+def _chain_command(args, strategy):
+    from keras_caltech.chain import run_chain
+    from keras_caltech.errors import UserError
+
+    given = [name for name in _NOT_WITH_CHAIN if getattr(args, name)]
+    if given:
+        flags = ", ".join("--" + name.replace("_", "-") for name in given)
+        raise UserError(f"--chain trains the stage configs in its folder, which name their data and "
+                        f"weights; it cannot be combined with {flags}")
+    for summary in run_chain(args.chain, args.output_dir, overrides=[*args.set, *strategy],
+                             download_dir=DOWNLOAD_DIR, dry_run=args.dry_run):
+        _print_summary(summary)
     return 0
 
 

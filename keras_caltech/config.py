@@ -27,7 +27,7 @@ import yaml
 
 # The choices are re-exported: the modules that act on a field import them from here.
 from keras_caltech.config_checks import (AUTO, AUTO_CACHE, CACHE_MODES, CHOICES,  # noqa: F401
-                                         CLASS_WEIGHT_MODES, DATASET_CLASSES, NORMALIZATIONS, OPTIMIZERS,
+                                         CLASS_WEIGHT_MODES, DATASET_CLASSES, HEADS, NORMALIZATIONS, OPTIMIZERS,
                                          PRECISIONS, PROTOCOLS, SCHEDULES, STRATEGIES, TTA_MODES,
                                          ZERO_MEANS_AUTO, check_choice, check_config,
                                          weights_argument)
@@ -98,6 +98,9 @@ class ModelConfig:
     # weights, train.epochs trains the new head on a frozen backbone (phase 1).
     weights: str = "none"
     fine_tune_blocks: int = 0  # phase 2: unfreeze this many top backbone blocks (-1: all)
+    # pooled: GAP -> Dropout -> Dense on the backbone, any size. top (vgg19_imagenet): keep
+    # VGG's ImageNet classifier, fc1 and fc2, and replace its 1000-way layer; 224 px only.
+    head: str = "pooled"
     init_from: str = ""  # a run folder (its best.keras) or .keras file whose weights start this run
 
 

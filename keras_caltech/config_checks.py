@@ -12,6 +12,9 @@ which the modules that act on a field import them. This module imports nothing o
 project but its errors, so ``config`` stays importable from everywhere.
 """
 
+import dataclasses
+import math
+
 from keras_caltech.errors import UserError
 
 # The named choices of config fields, imported by the modules that act on them.
@@ -25,11 +28,14 @@ CLASS_WEIGHT_MODES = ("none", "balanced")  # training/recipes.py
 STRATEGIES = ("auto", "one", "mirrored", "multiworker")  # training/distribute.py
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")  # training/precision.py
 TTA_MODES = ("none", "flip", "10crop")  # evaluation/tta.py
+HEADS = ("pooled", "top")  # model.head: models/pretrained.py
+# model.head=top keeps VGG's fc1, trained on the 7 x 7 x 512 feature map of a 224 px image.
+TOP_HEAD_IMAGE_SIZE = 224
 # train_val_test: select the checkpoint on a validation split, report on an unseen test
 # split. train_val: the published reports' protocol, one held-out split for both.
 PROTOCOLS = ("train_val_test", "train_val")  # data/splits.py
 # Published datasets -> their class folders (data/download.py downloads them).
-DATASET_CLASSES = {"caltech256": 257, "caltech101": 102}
+DATASET_CLASSES = {"caltech256": 257, "caltech101": 102, "tinyimagenet": 200, "cifar100": 100}
 
 # field -> (its valid values, what an error calls them)
 CHOICES = {
@@ -43,6 +49,7 @@ CHOICES = {
     "train.precision": (PRECISIONS, "choices"),
     "eval.tta": (TTA_MODES, "modes"),
     "data.dataset": (("",) + tuple(DATASET_CLASSES), "datasets"),
+    "model.head": (HEADS, "heads"),
 }
 
 # Values below these would fail deep inside TensorFlow (a batch of 0 images) or train nothing.
@@ -76,6 +83,9 @@ def _check_numbers(config):
             raise UserError(f"{dotted} must be > 0. Received: {value}")
         if dotted in _UNIT_INTERVAL and not 0.0 <= value <= 1.0:
             raise UserError(f"{dotted} must be between 0 and 1. Received: {value}")
+    for dotted in ("train.seed", "data.split_seed", "data.synthetic_seed"):  # NumPy's seeds: 0 to 2**32 - 1
+        if not 0 <= _value(config, dotted) < 2 ** 32:
+            raise UserError(f"{dotted} must be between 0 and {2 ** 32 - 1}. Received: {_value(config, dotted)}")
     if config.model.dropout is not None and not 0 <= config.model.dropout < 1:
         raise UserError(f"model.dropout must be a fraction in [0, 1). Received: {config.model.dropout}")
     train, augment = config.train, config.augment
@@ -93,6 +103,31 @@ def _check_numbers(config):
     if not 0.0 <= augment.cutmix_alpha <= 1.0:
         raise UserError(f"augment.cutmix_alpha must be between 0 (off) and 1 (Keras's CutMix "
                         f"bound; 1.0 is the paper's). Received: {augment.cutmix_alpha}")
+
+
+def _check_finite(config):
+    """Raises UserError naming a NaN or infinite number, which every range check would let through."""
+    for section in dataclasses.fields(config):
+        values = getattr(config, section.name)
+        if not dataclasses.is_dataclass(values):
+            continue
+        for field in dataclasses.fields(values):
+            value = getattr(values, field.name)
+            if any(isinstance(number, float) and not math.isfinite(number)
+                   for number in (value if isinstance(value, tuple) else (value,))):
+                raise UserError(f"{section.name}.{field.name} must be a finite number. Received: {value}")
+
+
+def _check_folder_names(config):
+    """Raises UserError for a run or export name that is not one plain folder name.
+
+    ``name`` becomes ``runs/NAME-DATE-TIME`` and ``export.name`` ``saved_models/NAME``:
+    a separator, ``..`` or a control character would put them elsewhere or break them.
+    """
+    for dotted, value in (("name", config.name), ("export.name", config.export.name)):
+        if value in (".", "..") or any(char in "/\\" or not char.isprintable() for char in value):
+            raise UserError(f"{dotted} becomes a folder name, so it cannot hold a path separator, "
+                            f"'..' or a control character. Received: {value!r}")
 
 
 def check_choice(dotted, value):
@@ -149,6 +184,26 @@ def _check_progressive(config):
                         f"(sum {sum(epochs)}); set train.epochs={sum(epochs)}")
 
 
+def _check_top_head(config):
+    """Raises UserError for a ``model.head=top`` run at another input size than its dense layers take.
+
+    Which architectures have that head is the model registry's to say, when it builds.
+    """
+    if config.model.head != "top":
+        return
+    image_size, sizes = config.data.image_size, config.train.progressive_sizes
+    if image_size != TOP_HEAD_IMAGE_SIZE:
+        shown = f"{image_size} (chosen from the data)" if image_size == AUTO else str(image_size)
+        raise UserError(f"model.head=top keeps VGG's ImageNet classifier, whose fc1 takes the "
+                        f"7 x 7 x 512 feature map of a {TOP_HEAD_IMAGE_SIZE} px image only. "
+                        f"Received: data.image_size={shown}. Set data.image_size="
+                        f"{TOP_HEAD_IMAGE_SIZE}, or model.head=pooled for any size")
+    if any(size != TOP_HEAD_IMAGE_SIZE for size in sizes):
+        raise UserError(f"model.head=top takes {TOP_HEAD_IMAGE_SIZE} px images only, so it cannot "
+                        f"train at other sizes first. Received: train.progressive_sizes="
+                        f"{list(sizes)}. Drop train.progressive_sizes, or set model.head=pooled")
+
+
 def _check_combinations(config):
     """Raises UserError for settings that contradict each other."""
     train, model = config.train, config.model
@@ -156,6 +211,7 @@ def _check_combinations(config):
         raise UserError("train.class_weight=balanced and data.balanced_sampling=true both correct "
                         "the class imbalance, and together over-correct it; use one of them")
     _check_progressive(config)
+    _check_top_head(config)
     transfer = weights_argument(config) is not None
     if transfer and model.init_from:
         raise UserError(f"model.weights={model.weights!r} and model.init_from={model.init_from!r} "
@@ -193,7 +249,9 @@ def check_config(config):
         UserError: the first value out of range or not among its choices, or the first
             pair of settings that contradict each other, named by its dotted path.
     """
+    _check_finite(config)
     _check_numbers(config)
+    _check_folder_names(config)
     for dotted in CHOICES:
         check_choice(dotted, _value(config, dotted))
     _check_combinations(config)

@@ -14,9 +14,10 @@ class TrainingInterrupted(Exception):
 
     Attributes:
         run_dir: the run folder to pass to ``python train.py --resume``.
+        command: the command that continues; default ``python train.py --resume RUN_DIR``.
     """
 
-    def __init__(self, run_dir):
+    def __init__(self, run_dir, command=None):
         self.run_dir = run_dir
-        super().__init__(f"interrupted. Continue from the last completed epoch with: "
-                         f"python train.py --resume {run_dir}")
+        self.command = command or f"python train.py --resume {run_dir}"
+        super().__init__(f"interrupted. Continue from the last completed epoch with: {self.command}")

@@ -21,6 +21,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import PowerNorm
 from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 
 
 def _new_figure(width, height, layout="constrained"):
@@ -167,6 +168,32 @@ def _as_uint8(image):
     return np.clip(np.rint(image), 0, 255).astype(np.uint8)
 
 
+_DPI = 100  # save_figure's resolution: pixels per inch of a figure
+_PANEL_PIXELS = 600  # longest side kept for a picture in a 3-inch panel (twice its pixels)
+
+
+def downscale(picture, longest_side):
+    """Shrinks a picture whose longest side exceeds ``longest_side``; smaller ones are returned as they are.
+
+    Area averaging (``cv2.INTER_AREA``) keeps thin structures that matplotlib's own
+    resampling of a 3000 px photo into a 300 px panel would alias, and plotting the
+    small copy is faster.
+
+    Args:
+        picture: (h, w, 3) or (h, w), uint8 or float.
+        longest_side: pixels.
+
+    Returns:
+        The picture, of the same dtype, its aspect ratio kept.
+    """
+    height, width = np.shape(picture)[:2]
+    if max(height, width) <= longest_side:
+        return picture
+    scale = longest_side / max(height, width)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return cv2.resize(np.asarray(picture), size, interpolation=cv2.INTER_AREA)
+
+
 def colorize(heatmap, size):
     """Colours a heatmap with OpenCV's JET colormap.
 
@@ -219,14 +246,15 @@ def prediction_title(probabilities, class_index, class_names=None, method="Grad-
     return title
 
 
-def _grid_figure(rows, columns, cell):
-    """A figure of rows x columns image panels, all axes hidden.
+def _grid_figure(rows, columns, cell, title_lines=1):
+    """A figure of rows x columns image panels, all axes hidden, room above for a title.
 
     A fixed layout: the constrained solver takes seconds on 64 panels.
     """
-    figure = _new_figure(cell * columns, cell * rows + 0.5, layout=None)
-    figure.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=1 - 0.5 / (cell * rows + 0.5),
-                           wspace=0.05, hspace=0.25)
+    top_space = 0.35 + 0.17 * title_lines  # inches: the title, then the first row's labels
+    figure = _new_figure(cell * columns, cell * rows + top_space, layout=None)
+    figure.subplots_adjust(left=0.01, right=0.99, bottom=0.01,
+                           top=1 - top_space / (cell * rows + top_space), wspace=0.05, hspace=0.25)
     panels = figure.subplots(rows, columns, squeeze=False).ravel()
     for axes in panels:
         axes.set_axis_off()
@@ -252,9 +280,10 @@ def explanation_figure(image, heatmap, title, empty=False):
     Returns:
         a matplotlib Figure.
     """
+    image = downscale(_as_uint8(image), _PANEL_PIXELS)  # the heatmap is resized to it
     figure = _new_figure(9, 3.4)
     panels = figure.subplots(1, 3)
-    _show(panels[0], _as_uint8(image), "image")
+    _show(panels[0], image, "image")
     heat_label = "empty: evidence argues against the class" if empty else "heatmap"
     _show(panels[1], colorize(heatmap, np.shape(image)[:2]), heat_label)
     _show(panels[2], overlay(image, heatmap), "overlay")
@@ -277,13 +306,33 @@ def gradient_image(gradients):
     return np.clip(0.5 + (gradients - gradients.mean()) / (6.0 * spread), 0.0, 1.0)
 
 
-def gradient_figure(image, gradients, title):
-    """Original | gradient picture (guided backpropagation, guided Grad-CAM)."""
+def gradient_figure(image, gradients, title, box=None):
+    """Original | gradient picture (guided backpropagation, guided Grad-CAM).
+
+    Args:
+        image: (h, w, 3) RGB 0-255.
+        gradients: (h, w, 3) float, on the image's pixels.
+        title: above both panels.
+        box: optional (x0, y0, x1, y1), x1 and y1 exclusive, in the image's pixels (e.g.
+            the receptive field of the neuron followed back): outlined on both panels.
+
+    Returns:
+        a matplotlib Figure.
+    """
+    picture = gradient_image(gradients)  # scaled on every pixel, then shrunk
+    height = np.shape(image)[0]
+    image, picture = downscale(_as_uint8(image), _PANEL_PIXELS), downscale(picture, _PANEL_PIXELS)
     figure = _new_figure(6, 3.4)
     panels = figure.subplots(1, 2)
-    _show(panels[0], _as_uint8(image), "image")
-    _show(panels[1], gradient_image(gradients), "gradient")
-    figure.suptitle(title, fontsize=10)
+    _show(panels[0], image, "image")
+    _show(panels[1], picture, "gradient" if box is None else "gradient (box: receptive field)")
+    if box is not None:
+        scale = image.shape[0] / height
+        x0, y0, x1, y1 = (value * scale for value in box)
+        for axes in panels:  # pixel i spans i - 0.5 to i + 0.5 in imshow coordinates
+            axes.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False,
+                                     edgecolor="lime", linewidth=1.5))
+    figure.suptitle(title, fontsize=9, wrap=True)
     return figure
 
 
@@ -323,15 +372,19 @@ def feature_map_figure(activations, layer_name, max_channels=64):
 
 
 def patches_figure(patches, title):
-    """A grid of maximally activating patches (see ``views.top_activating_patches``)."""
-    figure, panels = _grid_figure(*_grid(max(len(patches), 1)), cell=1.6)
+    """A grid of maximally activating patches (see ``views.top_activating_patches``).
+
+    Each panel: the crop, labelled ``#image index: score``; ``title`` may have several lines.
+    """
+    figure, panels = _grid_figure(*_grid(max(len(patches), 1)), cell=1.6,
+                                  title_lines=title.count("\n") + 1)
     for patch, axes in zip(patches, panels):
         _show(axes, _as_uint8(patch.pixels), f"#{patch.image_index}: {patch.score:.3g}")
     figure.suptitle(title, fontsize=9)
     return figure
 
 
-def image_grid(rows, title, cell=1.8):
+def image_grid(rows, title, cell=1.8, group=1):
     """Rows of labelled pictures in one figure: the galleries of a run's explanations.
 
     Args:
@@ -339,23 +392,32 @@ def image_grid(rows, title, cell=1.8):
             0-255 (uint8 or float), label a short text of up to two lines.
         title: above the grid.
         cell: inches per panel side.
+        group: panels that belong together (e.g. 3: image, heatmap, overlay of one
+            image); a gap of a fifth of a panel separates the groups of a row.
 
     Returns:
         a matplotlib Figure; rows shorter than the longest leave blank panels.
     """
     columns = max(len(row) for row in rows)
+    ratios = []  # panel columns 1.0, spacer columns between groups 0.2
+    for column in range(columns):
+        ratios += [0.2, 1.0] if group > 1 and column and column % group == 0 else [1.0]
+    gaps = len(ratios) - columns
     label_space = 0.45  # inches above each panel for a two-line label
     title_space = 0.4  # inches for the figure title, above the first row's labels
     height = len(rows) * (cell + label_space) + title_space
-    figure = _new_figure(cell * columns, height, layout=None)
+    figure = _new_figure(cell * (columns + 0.2 * gaps), height, layout=None)
     figure.subplots_adjust(left=0.01, right=0.99, bottom=0.01,
                            top=1 - (title_space + label_space) / height, wspace=0.05,
                            hspace=label_space / cell)
-    panels = figure.subplots(len(rows), columns, squeeze=False)
+    panels = figure.subplots(len(rows), len(ratios), squeeze=False,
+                             gridspec_kw={"width_ratios": ratios})
+    side = round(cell * _DPI)  # a panel's pixels: larger pictures are shrunk to it
     for row, row_panels in zip(rows, panels):
         for axes in row_panels:
             axes.set_axis_off()
-        for (picture, label), axes in zip(row, row_panels):
-            _show(axes, _as_uint8(picture), label, fontsize=7)
+        picture_panels = [axes for axes, ratio in zip(row_panels, ratios) if ratio == 1.0]
+        for (picture, label), axes in zip(row, picture_panels):
+            _show(axes, downscale(_as_uint8(picture), side), label, fontsize=7)
     figure.suptitle(title, fontsize=10)
     return figure

@@ -8,6 +8,7 @@ layer above all three, chains them, so each stays usable alone
 import pathlib
 import time
 
+from keras_caltech.config import load_config
 from keras_caltech.errors import UserError
 from keras_caltech.evaluation.evaluate import evaluate_run
 from keras_caltech.export.saved_model import export_model
@@ -61,6 +62,14 @@ def train_evaluate_export(config, output_dir=None, *, resume=False, moved_data=N
             "export_dir": None if export_dir is None else str(export_dir),
             "tta": config.eval.tta, "tta_metrics": metrics["tta"][config.eval.tta],
             "reported_as": metrics["reported_as"]}
+
+
+def is_finished(run_dir):
+    """Whether a run folder holds a finished run: trained, evaluated, and exported if its config asks."""
+    run_dir = pathlib.Path(run_dir)
+    if not (run_dir / "metrics.json").is_file() or not (run_dir / "config.yaml").is_file():
+        return False
+    return (run_dir / EXPORT_RECORD).is_file() or not load_config(run_dir / "config.yaml").export.enabled
 
 
 def _export_once(config, run_dir, class_names, log):

@@ -145,6 +145,17 @@ def test_an_optional_field_accepts_none_and_numbers():
       "train.warmup_epochs=3", "train.fine_tune_epochs=2", "model.fine_tune_blocks=1"],
      "fewer than the 2 epochs it warms up"),  # the fine-tuning phase runs the schedule anew
     (["train.label_smoothing=1"], "train.label_smoothing must be in [0, 1) (0.1 is usual). Received: 1.0"),
+    (["data.protocol=holdout"], "unknown data.protocol 'holdout'. Valid protocols: train_val_test, train_val"),
+    # NaN passes every comparison, so each float is checked to be finite first.
+    (["augment.mixup_alpha=nan"], "augment.mixup_alpha must be a finite number. Received: nan"),
+    (["train.step_gamma=nan"], "train.step_gamma must be a finite number. Received: nan"),
+    (["train.learning_rate=inf"], "train.learning_rate must be a finite number. Received: inf"),
+    (["model.dropout=nan"], "model.dropout must be a finite number. Received: nan"),
+    # Names that become folders stay one folder name.
+    (["name=../../x"], "name becomes a folder name, so it cannot hold a path separator, '..' or a control"),
+    (["name=a\\b"], "Received: 'a\\\\b'"),
+    (["export.name=.."], "export.name becomes a folder name"),
+    (["name=run\x00x"], "Received: 'run\\x00x'"),
     # Settings that contradict each other.
     (["train.class_weight=balanced", "data.balanced_sampling=true"], "together over-correct it; use one of them"),
     (["train.epochs=0", "train.progressive_sizes=[112, 224]", "train.progressive_epochs=[10, 10]"],
@@ -227,7 +238,7 @@ def test_a_dry_run_of_a_caltech_config_needs_no_copy_of_the_dataset(name, classe
     ([], "configs/caltech256/mycnn_adam.yaml trains on caltech256: give your copy with --data "
          "path/to/256_ObjectCategories, or download it with --dataset caltech256"),
     (["--dataset", "caltech101"], "configs/caltech256/mycnn_adam.yaml is for caltech256, not --dataset caltech101"),
-    (["--set", "data.dataset=imagenet"], "unknown data.dataset 'imagenet'. Valid datasets: '', caltech256, caltech101"),
+    (["--set", "data.dataset=imagenet"], "unknown data.dataset 'imagenet'. Valid datasets: '', caltech256, caltech101, tinyimagenet, cifar100"),
 ])
 def test_a_caltech_config_without_its_dataset_is_refused_before_any_download(extra, message, capsys, monkeypatch):
     import train

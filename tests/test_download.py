@@ -6,12 +6,16 @@ and extraction code runs without the internet.
 """
 
 import dataclasses
+import errno
 import hashlib
 import http.server
 import io
+import os
+import shutil
 import socket
 import tarfile
 import threading
+import types
 import zipfile
 
 import cv2
@@ -225,28 +229,32 @@ def test_a_tampered_archive_is_refused_with_both_md5s_and_nothing_is_kept(
 
 
 @pytest.mark.parametrize("member, reason", [
-    (("../escaped.jpg", b"escaped"), "parent-directory"),
-    (("256_ObjectCategories/001.ak47/../../../escaped.jpg", b"escaped"), "parent-directory"),
-    (("{tmp_path}/escaped.jpg", b"escaped"), "absolute path"),
-    (("256_ObjectCategories/001.ak47/link", b"", tarfile.SYMTYPE, "../../../"), "a link to"),
-    (("256_ObjectCategories/001.ak47/link", b"", tarfile.SYMTYPE, "{tmp_path}"), "a link to"),
-    (("256_ObjectCategories/001.ak47/link", b"", tarfile.LNKTYPE, "../outside.jpg"), "a link to"),
+    (("../escaped.jpg", b"escaped"), "unsafe path (parent-directory"),
+    (("256_ObjectCategories/001.ak47/../../../escaped.jpg", b"escaped"), "unsafe path (parent-directory"),
+    (("{tmp_path}/escaped.jpg", b"escaped"), "unsafe path (absolute path"),
+    (("256_ObjectCategories/001.ak47/link", b"", tarfile.SYMTYPE, "../../../"),
+     "is a symbolic link to '../../../'"),
+    (("256_ObjectCategories/001.ak47/link", b"", tarfile.SYMTYPE, "{tmp_path}"),
+     "is a symbolic link to '{tmp_path}'"),
+    (("256_ObjectCategories/001.ak47/link", b"", tarfile.LNKTYPE, "../outside.jpg"),
+     "is a hard link to '../outside.jpg'"),
 ], ids=["dotdot", "nested-dotdot", "absolute", "symlink-out", "absolute-symlink", "hardlink-out"])
 def test_a_tar_member_that_would_land_outside_the_destination_is_refused(
         tmp_path, server, monkeypatch, member, reason):
     member = tuple(part.format(tmp_path=tmp_path) if isinstance(part, str) else part
                    for part in member)
-    serve_dataset(monkeypatch, server, "caltech256", tar_bytes(extra=[member]))
+    source = serve_dataset(monkeypatch, server, "caltech256", tar_bytes(extra=[member]))
     dest = tmp_path / "data"
     before = sorted(tmp_path.iterdir())
 
-    with pytest.raises(UserError, match="unsafe path") as error:
+    with pytest.raises(UserError, match="refused to extract") as error:
         download_dataset("caltech256", dest, progress=False)
 
-    assert reason in str(error.value)
-    assert "were deleted" in str(error.value)
+    assert reason.format(tmp_path=tmp_path) in str(error.value)
+    assert "partial extraction was deleted" in str(error.value)
     assert sorted(tmp_path.iterdir()) == sorted(before + [dest])  # nothing beside dest
-    assert list(dest.iterdir()) == []  # the refused archive and partial extraction are gone
+    # Its md5 is the official one, so the archive stays; only the extraction is gone.
+    assert [path.name for path in dest.iterdir()] == [source.filename]
 
 
 @pytest.mark.parametrize("name, reason", [
@@ -255,7 +263,7 @@ def test_a_tar_member_that_would_land_outside_the_destination_is_refused(
 ])
 def test_a_zip_member_that_would_land_outside_the_destination_is_refused(
         tmp_path, server, monkeypatch, name, reason):
-    serve_dataset(monkeypatch, server, "caltech101", caltech101_zip_bytes(extra_names=[name]))
+    source = serve_dataset(monkeypatch, server, "caltech101", caltech101_zip_bytes(extra_names=[name]))
     dest = tmp_path / "data"
     before = sorted(tmp_path.iterdir())
 
@@ -263,7 +271,31 @@ def test_a_zip_member_that_would_land_outside_the_destination_is_refused(
         download_dataset("caltech101", dest, progress=False)
 
     assert sorted(tmp_path.iterdir()) == sorted(before + [dest])
-    assert list(dest.iterdir()) == []
+    assert [path.name for path in dest.iterdir()] == [source.filename]
+
+
+@pytest.mark.parametrize("member, message", [
+    (("256_ObjectCategories/001.ak47/link.jpg", b"", tarfile.SYMTYPE, "001_0001.jpg"),
+     "'256_ObjectCategories/001.ak47/link.jpg' is a symbolic link to '001_0001.jpg'"),
+    (("256_ObjectCategories/001.ak47/link.jpg", b"", tarfile.LNKTYPE,
+      "256_ObjectCategories/001.ak47/001_0001.jpg"),
+     "'256_ObjectCategories/001.ak47/link.jpg' is a hard link to '256_ObjectCategories/001.ak47/001_0001.jpg'"),
+], ids=["symlink", "hardlink"])
+def test_a_link_member_is_refused_even_inside_the_folder_and_the_verified_archive_is_kept(
+        tmp_path, server, monkeypatch, member, message):
+    source = serve_dataset(monkeypatch, server, "caltech256", tar_bytes(extra=[member]))
+    dest = tmp_path / "data"
+
+    with pytest.raises(UserError, match="refused to extract") as error:
+        download_dataset("caltech256", dest, progress=False)
+
+    assert message in str(error.value)
+    assert "its md5 is the official one" in str(error.value)
+    assert "\n" not in str(error.value)
+    assert [path.name for path in dest.iterdir()] == [source.filename]
+    with pytest.raises(UserError, match="refused to extract"):  # refused again, not downloaded again
+        download_dataset("caltech256", dest, progress=False)
+    assert len(server.requests) == 1
 
 
 class SimulatedCrash(Exception):
@@ -423,11 +455,31 @@ def test_an_unmarked_dataset_folder_at_the_destination_is_left_alone(
     assert server.requests == []
 
 
-def test_the_official_sources_are_https_caltech_data_with_md5s():
+def test_the_official_sources_have_md5s_and_a_folder_per_class_root():
     for name, source in download.SOURCES.items():
-        assert source.url.startswith("https://data.caltech.edu/records/"), name
+        assert source.url.startswith(("https://", "http://")), name  # the md5 guards plain HTTP
+        assert source.url.rsplit("/", 1)[1].startswith(source.filename), name
         assert len(source.md5) == 32 and int(source.md5, 16) >= 0, name
-        assert source.archive_root.endswith("_ObjectCategories"), name
+        if name.startswith("caltech"):
+            assert source.url.startswith("https://data.caltech.edu/records/"), name
+            assert source.root_name == source.archive_root, name
+            assert source.archive_root.endswith("_ObjectCategories"), name
+        else:  # built by a converter beside the extracted archive, under its own name
+            assert callable(source.convert), name
+            assert source.root_name not in (source.archive_root, ""), name
+
+
+def test_a_source_with_a_converter_must_name_the_folder_it_builds():
+    with pytest.raises(ValueError, match="both convert and converted_root"):
+        download.DatasetSource(url="https://example.org/a.zip", filename="a.zip", md5="0" * 32,
+                               archive_root="a", convert=lambda extracted, root: None)
+
+
+def test_train_accepts_every_downloadable_dataset_name():
+    import train
+
+    for name in download.SOURCES:
+        assert train.parse_args(["--dataset", name]).dataset == name
 
 
 def test_the_config_knows_every_dataset_the_downloader_knows():
@@ -435,3 +487,128 @@ def test_the_config_knows_every_dataset_the_downloader_knows():
     from keras_caltech.data.download import SOURCES
 
     assert set(DATASET_CLASSES) == set(SOURCES)
+
+
+# ---------------------------------------------------------------- a full disk
+
+
+def no_space(error_number=errno.ENOSPC):
+    return OSError(error_number, os.strerror(error_number))
+
+
+def fake_disk_usage(free_bytes):
+    """Returns a stand-in for shutil.disk_usage that reports ``free_bytes`` free anywhere."""
+    return lambda path: types.SimpleNamespace(total=10**9, used=10**9 - free_bytes, free=free_bytes)
+
+
+def fill_the_disk_on_second_file(monkeypatch, module, error_number=errno.ENOSPC):
+    """Makes ``module.copyfileobj`` (what tarfile or zipfile writes members with) fail like a full disk.
+
+    The first file is written whole; the second gets a few bytes, then the error.
+    """
+    real_copy = module.copyfileobj
+    calls = []
+
+    def copy_until_full(source, target, *args, **kwargs):
+        calls.append(target)
+        if len(calls) < 2:
+            return real_copy(source, target, *args, **kwargs)
+        target.write(source.read(10))
+        raise no_space(error_number)
+
+    monkeypatch.setattr(module, "copyfileobj", copy_until_full)
+    return calls
+
+
+def tar_file_bytes(data):
+    """Returns the summed size of the regular members of a tar (optionally compressed)."""
+    with tarfile.open(fileobj=io.BytesIO(data)) as archive:
+        return sum(member.size for member in archive.getmembers() if member.isreg())
+
+
+def caltech101_sizes():
+    """Returns (zip archive, its uncompressed size, its inner tar.gz's uncompressed size)."""
+    data = caltech101_zip_bytes()
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        outer = sum(member.file_size for member in archive.infolist())
+        inner = tar_file_bytes(archive.read("caltech-101/101_ObjectCategories.tar.gz"))
+    return data, outer, inner
+
+
+@pytest.mark.parametrize("name, writer, error_number", [
+    ("caltech256", tarfile, errno.ENOSPC),
+    ("caltech101", shutil, errno.ENOSPC),  # the outer zip
+    ("caltech101", tarfile, errno.EDQUOT),  # the tar.gz inside it: both count toward the need
+], ids=["tar", "zip", "nested-tar-quota"])
+def test_a_full_disk_while_extracting_keeps_the_archive_and_a_rerun_extracts_it_without_downloading(
+        tmp_path, server, monkeypatch, name, writer, error_number):
+    if name == "caltech256":
+        data = tar_bytes()
+        needed = tar_file_bytes(data)
+    else:
+        data, outer, inner = caltech101_sizes()
+        needed = outer + inner if writer is tarfile else outer
+    source = serve_dataset(monkeypatch, server, name, data)
+    dest = tmp_path / "data"
+
+    with monkeypatch.context() as full:
+        calls = fill_the_disk_on_second_file(full, writer, error_number)
+        full.setattr(shutil, "disk_usage", fake_disk_usage(12_345))
+        with pytest.raises(UserError) as error:
+            download_dataset(name, dest, progress=False)
+    assert len(calls) == 2  # it did stop part-way through
+
+    message = str(error.value)
+    assert message.startswith(f"not enough disk space in {dest} to extract {source.filename} "
+                              f"({os.strerror(error_number)})")
+    assert f"it needs {needed:,} bytes (the archive's uncompressed size)" in message
+    assert "12,345 bytes is free there" in message
+    assert f"verified archive {dest / source.filename} kept" in message
+    assert "\n" not in message
+    assert [path.name for path in dest.iterdir()] == [source.filename]  # no partial extraction
+
+    root = download_dataset(name, dest, progress=False)
+
+    assert extracted_files(root) == EXPECTED_IMAGES
+    assert len(server.requests) == 1
+
+
+def test_a_full_disk_while_downloading_keeps_the_part_file_and_the_next_call_resumes(
+        tmp_path, server, monkeypatch):
+    data = tar_bytes()
+    source = serve_dataset(monkeypatch, server, "caltech256", data)
+    dest = tmp_path / "data"
+    room = len(data) // 3  # bytes the disk takes before it is full
+
+    class FullDiskFile(io.FileIO):
+        def write(self, chunk):
+            if self.tell() + len(chunk) > room:
+                super().write(chunk[:room - self.tell()])
+                raise no_space()
+            return super().write(chunk)
+
+    def open_on_a_full_disk(path, mode="r", *args, **kwargs):
+        if mode in ("wb", "ab"):
+            return FullDiskFile(path, mode)
+        return open(path, mode, *args, **kwargs)
+
+    with monkeypatch.context() as full:
+        full.setattr(download, "open", open_on_a_full_disk, raising=False)
+        full.setattr(shutil, "disk_usage", fake_disk_usage(0))
+        with pytest.raises(UserError) as error:
+            download_dataset("caltech256", dest, progress=False)
+
+    message = str(error.value)
+    part_path = dest / f"{source.filename}.part"
+    assert message.startswith(f"not enough disk space in {dest} to download {source.filename} "
+                              f"({os.strerror(errno.ENOSPC)}): it needs {len(data) - room:,} bytes "
+                              f"more, {len(data):,} bytes in all")
+    assert "0 bytes is free there" in message
+    assert f"The {room:,} bytes received are kept in {part_path}" in message
+    assert "resume" in message and "\n" not in message
+    assert part_path.stat().st_size == room
+
+    root = download_dataset("caltech256", dest, progress=False)
+
+    assert extracted_files(root) == EXPECTED_IMAGES
+    assert server.requests[-1][1] == f"bytes={room}-"

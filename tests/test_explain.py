@@ -9,10 +9,10 @@ import pytest
 from keras import layers
 
 from keras_caltech.errors import UserError
-from keras_caltech.explain import (GradCam, GradCamPlusPlus, GuidedBackprop, GuidedGradCam,
-                                   InputGradients, ScoreCam, default_layer_name,
-                                   feature_maps, find_layer, guided_model, receptive_field,
-                                   top_activating_patches, upsample)
+from keras_caltech.explain import (GradCam, GradCamPlusPlus, GuidedBackprop,
+                                   GuidedChannelBackprop, GuidedGradCam, InputGradients, ScoreCam,
+                                   class_evidence, default_layer_name, feature_maps, find_layer,
+                                   guided_model, receptive_field, top_activating_patches, upsample)
 from keras_caltech.models import create_model, get_model_entry, list_models
 
 SIZE = 32
@@ -349,10 +349,120 @@ def test_top_patches_of_a_channel_are_the_receptive_fields_on_the_planted_patche
     assert scores == sorted(scores, reverse=True)
 
 
-def test_top_patches_of_a_class_logit_are_whole_images_ranked_by_logit(bright_model, patch_images):
+def evidence_model(head="gap", size=SIZE):
+    """Bright-spot detector -> MaxPool 2 -> 3x3 all-ones conv ("spread") -> head -> 2 logits.
+
+    "spread" sums the bright spots of a 3x3 neighbourhood, so its units see an 8 px
+    window (3 + 1 + 2 * 2) every 2 px and peak on a planted square; class 0 counts them
+    (+1 per unit, bias 0.5), class 1 argues against them. With ``head="flatten"`` the
+    Dense weights differ per position (random, seeded).
+    """
+    keras.utils.set_random_seed(8)
+    inputs = keras.Input((size, size, 3))
+    x = layers.Conv2D(1, 3, padding="same", activation="relu", name="bright")(inputs)
+    x = layers.MaxPooling2D(2, name="pool")(x)
+    x = layers.Conv2D(1, 3, padding="same", use_bias=False, name="spread")(x)
+    pooled = layers.GlobalAveragePooling2D() if head == "gap" else layers.Flatten()
+    model = keras.Model(inputs, layers.Dense(2, name="logits")(pooled(x)), name=f"evidence_{head}")
+    model.get_layer("bright").set_weights([np.full((3, 3, 3, 1), 1 / 27, np.float32),
+                                           np.array([-128.0], np.float32)])
+    model.get_layer("spread").set_weights([np.ones((3, 3, 1, 1), np.float32)])
+    if head == "gap":
+        model.get_layer("logits").set_weights([np.array([[1.0, -1.0]], np.float32),
+                                               np.array([0.5, 0.0], np.float32)])
+    return model
+
+
+@pytest.mark.parametrize("head", ["gap", "flatten"])
+def test_class_evidence_shares_sum_to_the_logit_less_the_bias_for_a_linear_head(head, patch_images):
+    model = evidence_model(head)
     images, _ = patch_images
-    stream = np.concatenate([dark_images(2, seed=9), images[:1]])  # only image 2 has a patch
-    patches = top_activating_patches(bright_model, stream, class_index=0, top_k=1)
-    assert patches[0].image_index == 2 and patches[0].box == (0, 0, SIZE, SIZE)
+    logits, evidence = class_evidence(model, images, 0)
+    assert evidence.shape == (3, SIZE // 2, SIZE // 2)
+    np.testing.assert_allclose(logits, model(images).numpy()[:, 0], rtol=1e-5)
+    bias = model.get_layer("logits").get_weights()[1][0]
+    np.testing.assert_allclose(evidence.sum(axis=(1, 2)) + bias, logits, rtol=1e-4)
+    if head == "gap":  # GAP -> Dense: the CAM over h * w, Grad-CAM's map before its ReLU
+        np.testing.assert_allclose(np.maximum(evidence, 0), GradCam(model, "spread")(images, 0).raw,
+                                   rtol=1e-4, atol=1e-6)
+
+
+def test_top_patches_of_a_class_logit_crop_the_receptive_field_where_its_evidence_peaks(patch_images):
+    model = evidence_model()
+    images, centres = patch_images
+    two_squares = plant_patch(images[2], 4, 4)  # a second square: a higher class-0 logit
+    scanned = np.concatenate([dark_images(2, seed=9), images[:1], two_squares[None], images[1:2]])
+    planted = {2: [centres[0]], 3: [centres[2], (6, 6)], 4: [centres[1]]}  # square centres
+    patches = top_activating_patches(model, [scanned[:3], (scanned[3:], None)], class_index=0, top_k=3)
+    assert patches[0].image_index == 3 and {patch.image_index for patch in patches[1:]} == {2, 4}
+    logits, evidence = class_evidence(model, scanned, 0)
+    assert [patch.score for patch in patches] == pytest.approx(logits[[3, *[p.image_index for p in patches[1:]]]])
+    field = receptive_field(model, "spread")
+    assert field.size == 8
+    for patch in patches:
+        x0, y0, x1, y1 = patch.box
+        assert (x1 - x0, y1 - y0) == (field.size, field.size)  # the field, not the whole image
+        # A planted square (centre - 2 to centre + 1) lies wholly inside the crop.
+        assert any(x0 <= col - 2 and col + 2 <= x1 and y0 <= row - 2 and row + 2 <= y1
+                   for row, col in planted[patch.image_index])
+        assert patch.pixels.shape == (8, 8, 3) and (patch.pixels == 255).sum() >= 4 * 4 * 3
+        assert patch.evidence == pytest.approx(evidence[patch.image_index].max()) and patch.evidence > 0
+        assert evidence[patch.image_index][patch.position] == pytest.approx(patch.evidence)
     with pytest.raises(UserError, match="choose one unit"):
-        top_activating_patches(bright_model, stream)
+        top_activating_patches(model, images)
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_class_patches_work_on_every_registered_model_at_its_declared_layer(name):
+    entry = get_model_entry(name)
+    model = create_model(name, num_classes=3, image_size=entry.min_image_size)
+    images = dark_images(2, size=entry.min_image_size) * 6
+    [patch] = top_activating_patches(model, images, class_index=1, top_k=1)
+    field = receptive_field(model, entry.gradcam_layer)
+    assert patch.box == field.box(*patch.position, images.shape[1:3])
+    assert np.isfinite(patch.score) and np.isfinite(patch.evidence)
+
+
+def test_class_evidence_fails_on_a_class_out_of_range_and_a_layer_off_the_logits_path(patch_images):
+    model = evidence_model()
+    images, _ = patch_images
+    with pytest.raises(UserError, match=r"unit 2 is out of range: there are 2 \(classes 0 to 1\)"):
+        class_evidence(model, images, 2)
+    with pytest.raises(UserError, match=r"'logits'.*not spatial.*spread"):
+        top_activating_patches(model, images, class_index=0, layer_name="logits")
+
+
+# --- Guided backpropagation of one neuron ----------------------------------------------
+
+def test_guided_backprop_of_a_channel_lives_in_its_strongest_units_receptive_field():
+    model = small_cnn(seed=10)
+    images = np.random.default_rng(10).uniform(0, 255, (3, SIZE, SIZE, 3)).astype(np.float32)
+    result = GuidedChannelBackprop(model, "features", 2)(images)
+    maps = keras.Model(model.inputs[0], model.get_layer("features").output)(images).numpy()[..., 2]
+    field = receptive_field(model, "features")
+    logit_gradients = GuidedBackprop(model)(images, 0)
+    for item in range(3):
+        row, col = result.positions[item]
+        assert maps[item, row, col] == pytest.approx(maps[item].max())
+        assert result.activations[item] == pytest.approx(maps[item].max()) and maps[item].max() > 0
+        x0, y0, x1, y1 = field.box(row, col, (SIZE, SIZE))
+        support = np.abs(result.gradients[item]).sum(axis=-1) > 0  # (h, w)
+        assert support[y0:y1, x0:x1].any() and not _outside(support, (x0, y0, x1, y1)).any()
+        # The class logit's guided gradient reaches outside that one field.
+        assert _outside(np.abs(logit_gradients[item]).sum(axis=-1) > 0, (x0, y0, x1, y1)).any()
+
+
+def _outside(mask, box):
+    """``mask`` (h, w) with the box (x0, y0, x1, y1) cleared."""
+    x0, y0, x1, y1 = box
+    outside = mask.copy()
+    outside[y0:y1, x0:x1] = False
+    return outside
+
+
+def test_guided_backprop_of_a_channel_refuses_a_channel_out_of_range_or_a_layer_that_is_not_4d():
+    model = small_cnn(seed=10)
+    with pytest.raises(UserError, match=r"channel 8 is out of range: layer 'features' has 8 channels \(0 to 7\)"):
+        GuidedChannelBackprop(model, "features", 8)
+    with pytest.raises(UserError, match=r"'logits'.*not spatial.*Layers with a 4-D output: .*features"):
+        GuidedChannelBackprop(model, "logits", 0)

@@ -95,6 +95,71 @@ def test_sample_picks_distinct_seeded_classes_and_images_within_each_class():
     assert [label for label, _ in choose_sample(labels, 9, 1)] == sorted(set(labels.tolist()))
 
 
+def test_sample_picks_only_allowed_images_and_skips_classes_without_any():
+    labels = np.repeat(np.arange(4), 5)
+    allowed = np.zeros(len(labels), bool)
+    allowed[[0, 1, 2, 7, 15, 16]] = True  # class 2 has no allowed image
+    groups = choose_sample(labels, 4, 5, seed=2, allowed=allowed)
+    assert [label for label, _ in groups] == [0, 1, 3]
+    assert sorted(pick for _, picks in groups for pick in picks) == [0, 1, 2, 7, 15, 16]
+    assert choose_sample(labels, 4, 2, seed=3, allowed=np.ones(len(labels), bool)) == \
+        choose_sample(labels, 4, 2, seed=3)  # all allowed: the same draw as no filter
+
+
+@pytest.fixture()
+def drawn_grids(monkeypatch):
+    """The rows and figures ``gallery.image_grid`` draws during a test."""
+    from keras_caltech.explain import gallery
+
+    drawn, draw = [], gallery.image_grid
+
+    def recording(rows, title, **options):
+        figure = draw(rows, title, **options)
+        drawn.append((rows, figure))
+        return figure
+
+    monkeypatch.setattr(gallery, "image_grid", recording)
+    return drawn
+
+
+def test_the_sample_grid_shows_image_heatmap_and_overlay_of_each_image(run_dir, tmp_path, capsys, drawn_grids):
+    code, _, _ = run_explain(["--run", run_dir, "--sample", "3x2", "--output-dir", tmp_path], capsys)
+    assert code == 0
+    [(rows, figure)] = drawn_grids
+    assert len(rows) == 3 and all(len(row) == 6 for row in rows)  # 2 images x 3 panels per class
+    assert sum(1 for axes in figure.axes if axes.images) == 18
+    for row in rows:
+        for (image, image_label), (heatmap, heat_label), (blend, overlay_label) in zip(*[iter(row)] * 3):
+            assert "\ntrue 00" in image_label and heat_label.startswith("predicted 00")
+            assert overlay_label.startswith("overlay")
+            assert image.shape == heatmap.shape == blend.shape == (32, 32, 3)
+            assert not np.array_equal(heatmap, blend)
+
+
+def test_correct_only_samples_only_images_the_model_classifies_right(run_dir, run_test_split, tmp_path,
+                                                                    capsys, drawn_grids):
+    from keras_caltech.explain import gallery, runs
+
+    _, labels, predictions = run_test_split
+    pool_labels, allowed = gallery._sample_pool(runs.open_explained_run(run_dir), correct_only=True)
+    np.testing.assert_array_equal(pool_labels, labels)
+    np.testing.assert_array_equal(allowed, predictions == labels)
+    code, out, _ = run_explain(["--run", run_dir, "--sample", "4x2", "--correct-only", "--output-dir",
+                                tmp_path], capsys)
+    assert code == 0
+    correct = int(allowed.sum())
+    if correct == 0:
+        assert "none of the 8 test images is classified right: nothing written" in out and not drawn_grids
+        return
+    [(rows, _)] = drawn_grids
+    assert sum(len(row) for row in rows) == 3 * correct  # at most 2 per class: the split has 2
+    assert not any("misclassified" in label for row in rows for _, label in row)
+    assert (tmp_path / "gradcam_sample_4x2_correct.png").is_file()
+    if correct < 8:
+        assert f"--correct-only: {correct} of 8 test images are classified right; showing {correct} " \
+               f"of them, not the 8 asked" in out
+
+
 def test_sample_writes_one_grid_png_and_a_self_contained_html_page(run_dir, capsys):
     code, out, _ = run_explain(["--run", run_dir, "--sample", "3x2", "--seed", "1"], capsys)
     assert code == 0
@@ -241,6 +306,10 @@ def bad_images(tmp_path):
     (["--run", "{run}"], "error: nothing to explain"),
     (["--run", "{run}", "--evaluate", "--sample", "2x2"], "error: give one of --image, --sample"),
     (["--run", "{run}", "--misclassified", "0"], "error: --misclassified takes a number of images >= 1"),
+    (["--run", "{run}", "--misclassified", "2", "--correct-only"],
+     "error: --correct-only picks the images of --sample AxB: use it with --sample"),
+    (["--run", "{run}", "--sample", "2x2", "--channel", "3"],
+     "error: --channel picks a neuron for --method patches or guided-backprop. Received: --method gradcam"),
     (["--run", "{run}", "--evaluate", "--max-images", "0"], "error: --max-images must be at least 1"),
     (["--run", "{run}", "--evaluate", "--method", "guided-backprop"], "error: galleries and --evaluate"),
     (["--run", "{run}", "--sample", "2x2", "--layer", "fc1"], "error: layer 'fc1' of model 'mycnn' is not spatial"),

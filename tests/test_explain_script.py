@@ -8,6 +8,7 @@ import pytest
 import tensorflow as tf
 
 import explain
+from keras_caltech.explain import image_files
 from keras_caltech.explain.image_files import METHODS, read_image
 from keras_caltech.models import create_model
 
@@ -67,11 +68,56 @@ def test_an_unknown_class_name_is_one_error_line_with_close_names(saved, tmp_pat
     assert error.count("\n") == 1
 
 
+def test_guided_backprop_of_a_channel_writes_a_figure_per_image_naming_the_neuron(saved, tmp_path, capsys):
+    model_path, images = saved
+    assert explain.main(["--image", *images, "--model", str(model_path), "--method", "guided-backprop",
+                         "--layer", "block3_conv", "--channel", "5", "--output-dir", str(tmp_path)]) == 0
+    figures = sorted(path.name for path in tmp_path.glob("*.png"))
+    assert figures == ["colour_guided-backprop_block3_conv_channel5.png",
+                       "grey_guided-backprop_block3_conv_channel5.png"]
+    output = capsys.readouterr().out
+    assert output.count("block3_conv channel 5 strongest at (") == 2 and output.count("  top-3: ") == 2
+
+
+def test_patches_of_a_class_from_the_command_line_are_receptive_field_crops(tmp_path, capsys, monkeypatch):
+    from test_explain import dark_images, evidence_model, plant_patch
+
+    model_path = tmp_path / "evidence.keras"
+    evidence_model().save(model_path)
+    corners = [(4, 20), (20, 6)]
+    paths = []
+    for index, (image, (row, col)) in enumerate(zip(dark_images(2, seed=3), corners)):
+        paths.append(tmp_path / f"square{index}.png")
+        tf.io.write_file(str(paths[-1]), tf.io.encode_png(plant_patch(image, row, col).astype(np.uint8)))
+    drawn, draw = [], image_files.patches_figure
+    monkeypatch.setattr(image_files, "patches_figure",
+                        lambda patches, title: drawn.append(patches) or draw(patches, title))
+    assert explain.main(["--image", *map(str, paths), "--model", str(model_path), "--method", "patches",
+                         "--class", "0", "--output-dir", str(tmp_path / "figures")]) == 0
+    assert "2 patches for class 0 from 2 image(s), each the 8 px receptive field of a unit of spread" in \
+        capsys.readouterr().out
+    assert (tmp_path / "figures" / "patches_class0.png").read_bytes()[:4] == b"\x89PNG"
+    for patch in drawn[0]:
+        x0, y0, x1, y1 = patch.box
+        row, col = corners[patch.image_index]
+        assert (x1 - x0, y1 - y0) == (8, 8) and x0 <= col and col + 4 <= x1 and y0 <= row and row + 4 <= y1
+
+
 @pytest.mark.parametrize("arguments, message", [
     (["--method", "lime"], "error: argument --method: invalid choice: 'lime'"),
     (["--layer", "fc1"], "error: layer 'fc1' of model 'mycnn' is not spatial"),
     (["--class", "7"], "error: class index 7 is out of range"),
     (["--method", "patches"], "error: --method patches needs a unit"),
+    (["--method", "guided-backprop", "--layer", "block3_conv", "--channel", "128"],
+     "error: channel 128 is out of range: layer 'block3_conv' has 128 channels (0 to 127)"),
+    (["--method", "guided-backprop", "--layer", "fc1", "--channel", "0"],
+     "error: layer 'fc1' of model 'mycnn' is not spatial: its output has rank 2"),
+    (["--method", "guided-backprop", "--layer", "block3_conv"],
+     "error: --method guided-backprop follows a class logit back to the image; to follow a neuron"),
+    (["--method", "gradcam", "--channel", "1"],
+     "error: --channel picks a neuron for --method patches or guided-backprop. Received: --method gradcam"),
+    (["--method", "patches", "--class", "dog", "--channel", "1"], "error: give --class (a class logit) or --channel"),
+    (["--method", "guided-backprop", "--channel", "-1"], "error: --channel takes a channel index >= 0"),
 ])
 def test_user_errors_return_2_with_one_line(saved, tmp_path, capsys, arguments, message):
     model_path, images = saved

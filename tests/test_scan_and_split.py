@@ -127,3 +127,35 @@ def test_the_train_val_protocol_selects_and_reports_on_one_held_out_split():
     assert len(reports["train"]) == 80 + 32  # the whole 80%: no validation carved from it
     assert not set(reports["train"]) & set(reports["val"])
     assert sorted(reports["train"] + reports["val"]) == sorted(files)
+
+
+@pytest.mark.parametrize("intruder", ["link_to_root", "link_above_root", "run_folder"])
+def test_a_subfolder_that_is_not_a_class_is_refused_not_trained_on(intruder, tiny_dataset, tmp_path):
+    import shutil
+
+    root = shutil.copytree(tiny_dataset, tmp_path / "data")
+    if intruder == "link_to_root":
+        (root / "999.loop").symlink_to(root, target_is_directory=True)
+        message = "links back to the dataset folder"
+    elif intruder == "link_above_root":
+        (root / "999.loop").symlink_to(tmp_path, target_is_directory=True)
+        message = "links back to the dataset folder"
+    else:
+        (root / "runs-1").mkdir()
+        (root / "runs-1" / "config.yaml").write_text("name: x\n")
+        (root / "runs-1" / "splits.json").write_text("{}")
+        message = "is a run folder of train.py, not a class"
+    with pytest.raises(UserError, match=message):
+        scan.scan_dataset(root)
+
+
+def test_a_run_folder_inside_the_dataset_is_refused_before_it_is_made(tiny_dataset, tmp_path, capsys):
+    import shutil
+
+    import train
+
+    root = shutil.copytree(tiny_dataset, tmp_path / "data")
+    assert train.main(["--data", str(root), "--output-dir", str(root / "runs" / "a"), "--set", "train.epochs=1",
+                       "--set", "data.cache_dir="]) == 2
+    assert "would be inside the dataset folder" in capsys.readouterr().err
+    assert not (root / "runs").exists()

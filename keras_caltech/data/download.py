@@ -1,24 +1,34 @@
-"""Downloads, verifies and extracts the Caltech-256 and Caltech-101 datasets.
+"""Downloads, verifies and extracts published datasets as folder-per-class trees.
 
-``download_dataset("caltech256", "data")`` leaves ``data/256_ObjectCategories/``, a
-folder-per-class tree, and returns its path. Every step survives an interruption:
+``download_dataset(name, "data")`` knows Caltech-256, Caltech-101, Tiny ImageNet and
+CIFAR-100 (:data:`SOURCES`). ``download_dataset("caltech256", "data")`` leaves
+``data/256_ObjectCategories/``, a folder-per-class tree, and returns its path. Tiny
+ImageNet and CIFAR-100 do not extract to such a tree, so a converter
+(:mod:`keras_caltech.data.converters`) builds one from the extracted archive. Every step
+survives an interruption:
 
 1. The archive downloads to ``<dest>/<file>.part``; a rerun resumes it with an HTTP
    ``Range`` request where the server allows (else starts over). Its md5 is computed while
    it streams, and only a matching file is renamed to ``<dest>/<file>``.
 2. It is extracted into ``<dest>/<name>.extracting/`` (a leftover one from an interrupted
-   run is deleted first). A ``.complete`` marker is written into the dataset folder last,
-   then the folder is renamed into place, a single atomic step: the final folder never
-   exists half-extracted.
+   run is deleted first), and converted there if the dataset needs it. A ``.complete``
+   marker is written into the dataset folder last, then the folder is renamed into place,
+   a single atomic step: the final folder never exists half-extracted or half-converted.
 3. Later calls find the marked folder and return it without touching the network.
 
 The archive is deleted once extracted: the folder is what training reads, and the
-Caltech-256 tar alone is 1.2 GB.
+Caltech-256 tar alone is 1.2 GB. Until then a verified archive is never deleted: only a
+checksum mismatch deletes a file. If extraction or conversion fails (a full disk, an
+archive refused as unsafe), the partial extraction is deleted and the archive kept, so a
+rerun extracts it without downloading; a full disk during the download keeps the
+``.part`` file for the rerun to resume. A full disk is reported with the space needed
+and the space free.
 
-Only the Python standard library is used (urllib, hashlib): a dependency such as
-``requests`` or ``tqdm`` would buy little for one streaming GET.
+The download uses only the Python standard library (urllib, hashlib): a dependency such
+as ``requests`` or ``tqdm`` would buy little for one streaming GET.
 """
 
+import collections.abc
 import dataclasses
 import difflib
 import hashlib
@@ -32,7 +42,9 @@ import urllib.error
 import urllib.request
 
 from keras_caltech import __version__
-from keras_caltech.data.archives import extract_archive
+from keras_caltech.data.archives import (DISK_FULL_ERRNOS, DiskFullError, disk_full_message,
+                                         extract_archive, size_text)
+from keras_caltech.data.converters import cifar100_to_class_folders, tiny_imagenet_to_class_folders
 from keras_caltech.errors import UserError
 
 COMPLETE_MARKER = ".complete"
@@ -48,9 +60,15 @@ class DatasetSource:
         url: the official download address.
         filename: the archive's file name, kept under ``dest_dir``.
         md5: the archive's md5, hex; the download is refused unless it matches.
-        archive_root: the folder-per-class directory the archive extracts to.
+        archive_root: the directory the archive extracts to: the folder-per-class tree
+            itself, or (with ``convert``) the converter's input.
         inner_archive: file name of an archive nested in the downloaded one, which holds
             ``archive_root``; None when ``archive_root`` is in the download itself.
+        convert: None when ``archive_root`` is already a folder per class; else
+            ``convert(extracted_root, class_root)``, which builds the folder-per-class
+            tree at ``class_root`` (a new folder) from the extracted ``archive_root``.
+        converted_root: with ``convert``: the name of the tree it builds, which is
+            the folder left under ``dest_dir``.
     """
 
     url: str
@@ -58,6 +76,20 @@ class DatasetSource:
     md5: str
     archive_root: str
     inner_archive: str | None = None
+    convert: collections.abc.Callable | None = None
+    converted_root: str | None = None
+
+    def __post_init__(self):
+        if (self.convert is None) != (self.converted_root is None):
+            raise ValueError("DatasetSource needs both convert and converted_root, or neither.")
+        if self.converted_root == self.archive_root:
+            raise ValueError("converted_root must differ from archive_root: both are built in "
+                             "the same extraction folder.")
+
+    @property
+    def root_name(self):
+        """The folder-per-class tree's name under ``dest_dir``, as download_dataset leaves it."""
+        return self.converted_root or self.archive_root
 
 
 SOURCES = {
@@ -77,14 +109,34 @@ SOURCES = {
         md5="3138e1922a9193bfa496528edbbc45d0",
         archive_root="101_ObjectCategories",
         inner_archive="101_ObjectCategories.tar.gz"),
+    # The md5 that public loaders check for this URL (avalanche, and many TinyImageNet
+    # classes written for torchvision); Stanford publishes none. The md5 also guards the
+    # plain-HTTP download.
+    "tinyimagenet": DatasetSource(
+        url="http://cs231n.stanford.edu/tiny-imagenet-200.zip",
+        filename="tiny-imagenet-200.zip",
+        md5="90528d7ca1a48142e341f4ef8d21d0de",
+        archive_root="tiny-imagenet-200",
+        convert=tiny_imagenet_to_class_folders,
+        converted_root="tiny-imagenet-200-by-class"),
+    # torchvision's CIFAR100 checks this md5 for this URL (it now redirects to
+    # cave.cs.toronto.edu, which urllib follows).
+    "cifar100": DatasetSource(
+        url="https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
+        filename="cifar-100-python.tar.gz",
+        md5="eb9058c3a382ffc7106e4002c42a8d85",
+        archive_root="cifar-100-python",
+        convert=cifar100_to_class_folders,
+        converted_root="cifar-100-by-class"),
 }
 
 
 def download_dataset(name, dest_dir, *, url=None, progress=True):
-    """Downloads, verifies and extracts a Caltech dataset, or reuses an earlier result.
+    """Downloads, verifies and extracts a published dataset, or reuses an earlier result.
 
     Args:
-        name: "caltech256" or "caltech101".
+        name: a key of :data:`SOURCES`: "caltech256", "caltech101", "tinyimagenet" or
+            "cifar100".
         dest_dir: folder that receives the archive and the extracted dataset; created
             if missing.
         url: download from this address (a mirror) instead of the official one; the
@@ -92,13 +144,14 @@ def download_dataset(name, dest_dir, *, url=None, progress=True):
         progress: print a progress line (bytes, %, MB/s) on stderr while downloading.
 
     Returns:
-        The extracted folder-per-class root, ``dest_dir/256_ObjectCategories`` or
-        ``dest_dir/101_ObjectCategories``.
+        The folder-per-class root, ``dest_dir / SOURCES[name].root_name``, e.g.
+        ``dest_dir/256_ObjectCategories`` or ``dest_dir/cifar-100-by-class``.
 
     Raises:
-        UserError: unknown name, network failure, checksum mismatch, an unsafe or
-            damaged archive, or a dataset folder at the destination that this function
-            did not finish writing.
+        UserError: unknown name, network failure, checksum mismatch (the file is
+            deleted), a full disk, an unsafe archive or contents a converter refuses (the
+            verified archive is kept), or a dataset folder at the destination that this
+            function did not finish writing.
     """
     if name not in SOURCES:
         close = difflib.get_close_matches(name, SOURCES, n=1)
@@ -113,12 +166,12 @@ def download_dataset(name, dest_dir, *, url=None, progress=True):
         dest_dir.mkdir(parents=True, exist_ok=True)
     except PermissionError:
         raise UserError(f"cannot create the download folder {dest_dir}: permission denied. "
-                        "Download somewhere you can write, or pass an extracted dataset with --data.")
+                        f"Download somewhere you can write{_data_route(source, ', or ')}.")
     if not os.access(dest_dir, os.W_OK | os.X_OK):
         raise UserError(f"cannot write to the download folder {dest_dir}: permission denied. "
-                        "Download somewhere you can write, or pass an extracted dataset with --data.")
+                        f"Download somewhere you can write{_data_route(source, ', or ')}.")
 
-    root = dest_dir / source.archive_root
+    root = dest_dir / source.root_name
     if (root / COMPLETE_MARKER).is_file():
         return root
     if root.exists():
@@ -129,14 +182,16 @@ def download_dataset(name, dest_dir, *, url=None, progress=True):
             "with --data instead of downloading; otherwise delete it and run again.")
 
     archive_path = dest_dir / source.filename
+    manual_route = _manual_route(source, dest_dir)
     if archive_path.is_file():
         # Renamed into place only after its md5 matched, but a copied-in file was not.
         _verify_md5(archive_path, _md5_of_file(archive_path), source,
-                    origin=f"{archive_path} (found in the download folder)")
+                    origin=f"{archive_path} (found in the download folder)", manual_route=manual_route)
     else:
         part_path = dest_dir / (source.filename + ".part")
-        received_md5 = _download(url, part_path, label=name, progress=progress)
-        _verify_md5(part_path, received_md5, source, origin=url)
+        received_md5 = _download(url, part_path, label=name, progress=progress,
+                                 manual_route=manual_route)
+        _verify_md5(part_path, received_md5, source, origin=url, manual_route=manual_route)
         os.replace(part_path, archive_path)
 
     _extract_into_place(source, archive_path, dest_dir / f"{name}.extracting", root)
@@ -145,38 +200,102 @@ def download_dataset(name, dest_dir, *, url=None, progress=True):
 
 
 def _extract_into_place(source, archive_path, work_dir, root):
-    """Extracts into ``work_dir``, marks the dataset folder complete, renames it to ``root``."""
-    if work_dir.exists():
-        shutil.rmtree(work_dir)  # left by an interrupted run; its contents are unknown
-    work_dir.mkdir()
+    """Extracts (and converts) into ``work_dir``, marks the tree complete, renames it to ``root``.
+
+    The archive's md5 has matched, so it is kept whatever happens here: on failure the
+    partial extraction is deleted and a rerun extracts the archive again.
+
+    Raises:
+        UserError: the archive was refused or does not hold the dataset, the converter
+            refused its contents, or writing failed (a full disk names the space needed).
+    """
+    extracted_sizes = []  # uncompressed bytes of each archive extracted so far
     try:
-        extract_archive(archive_path, work_dir)
-        if source.inner_archive is not None:
-            inner_paths = sorted(work_dir.rglob(source.inner_archive))
-            if len(inner_paths) != 1:
-                raise UserError(
-                    f"{archive_path} should contain exactly one {source.inner_archive}. "
-                    f"Received: {len(inner_paths)}.")
-            extract_archive(inner_paths[0], work_dir)
-        extracted_root = work_dir / source.archive_root
-        if not extracted_root.is_dir():
-            found = sorted(path.name for path in work_dir.iterdir())
-            raise UserError(
-                f"{archive_path} did not contain the dataset folder {source.archive_root}. "
-                f"Received top-level entries: {', '.join(found) or '(none)'}.")
-    except UserError as error:
-        # A refused or wrong archive is of no further use: remove it and what it wrote.
-        shutil.rmtree(work_dir)
-        archive_path.unlink()
-        raise UserError(
-            f"{error} The archive and its partial extraction were deleted. Run again to "
-            "download it afresh, or download the dataset manually and pass --data.") from error
-    (extracted_root / COMPLETE_MARKER).write_text(f"{source.filename} md5 {source.md5}\n")
-    os.replace(extracted_root, root)  # atomic: root appears whole, marker included
+        if work_dir.exists():
+            shutil.rmtree(work_dir)  # left by an interrupted run; its contents are unknown
+        work_dir.mkdir()
+        dataset_root = _extract_and_convert(source, archive_path, work_dir, extracted_sizes)
+        (dataset_root / COMPLETE_MARKER).write_text(f"{source.filename} md5 {source.md5}\n")
+    except (UserError, OSError) as error:
+        shutil.rmtree(work_dir, ignore_errors=True)
+        raise _kept_archive_error(source, archive_path, error, sum(extracted_sizes)) from error
+    os.replace(dataset_root, root)  # atomic: root appears whole, marker included
     shutil.rmtree(work_dir)  # the rest of the archive (e.g. Caltech-101's annotations)
 
 
-def _download(url, part_path, *, label, progress):
+def _extract_and_convert(source, archive_path, work_dir, extracted_sizes):
+    """Extracts the archive (and the one nested in it) into ``work_dir`` and converts it.
+
+    Args:
+        source: the dataset's :class:`DatasetSource`.
+        archive_path: the verified archive.
+        work_dir: the empty extraction folder.
+        extracted_sizes: a list that receives each extracted archive's uncompressed size
+            in bytes, so a caller can say how much space a failed run needed.
+
+    Returns:
+        The folder-per-class tree inside ``work_dir``.
+
+    Raises:
+        UserError: see :func:`_extract_into_place`.
+        OSError: the converter could not write (e.g. a full disk).
+    """
+    extracted_sizes.append(extract_archive(archive_path, work_dir))
+    if source.inner_archive is not None:
+        inner_paths = sorted(work_dir.rglob(source.inner_archive))
+        if len(inner_paths) != 1:
+            raise UserError(
+                f"{archive_path} should contain exactly one {source.inner_archive}. "
+                f"Received: {len(inner_paths)}.")
+        extracted_sizes.append(extract_archive(inner_paths[0], work_dir))
+    extracted_root = work_dir / source.archive_root
+    if not extracted_root.is_dir():
+        found = sorted(path.name for path in work_dir.iterdir())
+        raise UserError(
+            f"{archive_path} did not contain the dataset folder {source.archive_root}. "
+            f"Received top-level entries: {', '.join(found) or '(none)'}.")
+    if source.convert is None:
+        return extracted_root
+    class_root = work_dir / source.converted_root
+    source.convert(extracted_root, class_root)
+    return class_root
+
+
+def _kept_archive_error(source, archive_path, error, extracted_bytes):
+    """Returns the one-line UserError for a failed extraction or conversion of a kept archive.
+
+    Args:
+        source: the dataset's :class:`DatasetSource`.
+        archive_path: the verified archive, which stays where it is.
+        error: the UserError or OSError that stopped extraction or conversion.
+        extracted_bytes: uncompressed bytes of the archives fully extracted before it.
+    """
+    kept = f"The partial extraction was deleted and the verified archive {archive_path} kept"
+    if isinstance(error, DiskFullError):  # extracting: its need, plus the archives before it
+        needed = f"{size_text(extracted_bytes + error.needed_bytes)} (the archive's uncompressed size)"
+        action, os_error = f"extract {source.filename}", error.os_error
+    elif isinstance(error, OSError) and error.errno in DISK_FULL_ERRNOS:  # converting or marking
+        if source.convert is None:  # nothing extracted yet if the folder could not be made
+            needed = (f"{size_text(extracted_bytes)} (the archive's uncompressed size)"
+                      if extracted_bytes else "room for the extracted archive")
+            action = f"extract {source.filename}"
+        else:
+            needed = (f"{size_text(extracted_bytes)} for the extracted archive, plus room for the "
+                      "converted copy beside it")
+            action = f"convert {source.filename} to a folder per class"
+        os_error = error
+    elif isinstance(error, OSError):
+        return UserError(f"extracting or converting {source.filename} under {archive_path.parent} "
+                         f"failed: {error}. {kept}: a rerun extracts it without downloading.")
+    else:
+        return UserError(f"{error} {kept}: its md5 is the official one, so a rerun uses it "
+                         "without downloading again.")
+    message = disk_full_message(archive_path.parent, action, needed, os_error)
+    return UserError(f"{message} {kept}: free some space and run again to extract it without "
+                     "downloading.")
+
+
+def _download(url, part_path, *, label, progress, manual_route):
     """Downloads ``url`` into ``part_path``, resuming a partial file where the server allows.
 
     Args:
@@ -184,13 +303,16 @@ def _download(url, part_path, *, label, progress):
         part_path: the partial file; appended to when the server honours ``Range``.
         label: dataset name shown on the progress line.
         progress: whether to print the progress line.
+        manual_route: how to get the file without this download, for error messages
+            (see :func:`_manual_route`).
 
     Returns:
         The md5 (hex) of the complete file at ``part_path``.
 
     Raises:
         UserError: the server could not be reached, answered with an error, or closed
-            the connection early (the partial file is kept for the next run to resume).
+            the connection early, or the disk filled up (the partial file is kept for
+            the next run to resume).
     """
     offset = part_path.stat().st_size if part_path.is_file() else 0
     request = urllib.request.Request(url, headers={"User-Agent": f"keras_caltech/{__version__}"})
@@ -203,9 +325,9 @@ def _download(url, part_path, *, label, progress):
             # "Range not satisfiable": the previous run got every byte but stopped before
             # the rename. The md5 check decides whether the file is whole.
             return _md5_of_file(part_path)
-        raise _network_error(url, f"HTTP {error.code} {error.reason}") from error
+        raise _network_error(url, f"HTTP {error.code} {error.reason}", manual_route) from error
     except (urllib.error.URLError, OSError, http.client.HTTPException) as error:
-        raise _network_error(url, getattr(error, "reason", error)) from error
+        raise _network_error(url, getattr(error, "reason", error), manual_route) from error
 
     with response:
         resumed = bool(offset) and response.status == 206 and _range_start(response) == offset
@@ -227,14 +349,35 @@ def _download(url, part_path, *, label, progress):
                     meter.update(received)
         except (OSError, http.client.HTTPException) as error:
             meter.finish(received)
+            if isinstance(error, OSError) and error.errno in DISK_FULL_ERRNOS:  # the write, not the socket
+                raise _part_disk_full_error(part_path, error, total_bytes) from error
             raise _network_error(
-                url, f"{error} after {received} bytes; run again to resume") from error
+                url, f"{error} after {received} bytes; run again to resume", manual_route) from error
         meter.finish(received)
     if total_bytes is not None and received != total_bytes:
         raise _network_error(
             url, f"the connection closed after {received} of {total_bytes} bytes; "
-                 "run again to resume")
+                 "run again to resume", manual_route)
     return digest.hexdigest()
+
+
+def _part_disk_full_error(part_path, error, total_bytes):
+    """Returns the UserError for a download stopped by a full disk; the ``.part`` file stays.
+
+    Args:
+        part_path: the partial file; what it holds is what a rerun resumes from.
+        error: the ``OSError`` (errno ``ENOSPC`` or ``EDQUOT``) from writing it.
+        total_bytes: the whole file's size, or None when the server did not send it.
+    """
+    kept_bytes = part_path.stat().st_size  # may end part-way through the failed chunk
+    if total_bytes is None:
+        needed = "more space (the server did not say how much)"
+    else:
+        needed = f"{size_text(total_bytes - kept_bytes)} more, {size_text(total_bytes)} in all"
+    message = disk_full_message(part_path.parent, f"download {part_path.name.removesuffix('.part')}",
+                                needed, error)
+    return UserError(f"{message} The {size_text(kept_bytes)} received are kept in {part_path}: "
+                     "free some space and run again to resume the download.")
 
 
 def _range_start(response):
@@ -245,11 +388,30 @@ def _range_start(response):
     return int(start) if unit == "bytes" and start.isdigit() else None
 
 
-def _network_error(url, reason):
-    """Returns the UserError for a failed download, with the manual-download hint."""
+def _network_error(url, reason, manual_route):
+    """Returns the UserError for a failed download, with the manual-download route."""
     return UserError(
         f"could not download {url}: {reason}. Check the connection and run again, or "
-        "download and extract the dataset manually and pass its folder with --data.")
+        f"{manual_route}.")
+
+
+def _manual_route(source, dest_dir):
+    """Returns how to get the dataset without this download, right for its format.
+
+    Every dataset can be downloaded by hand into the download folder. Only one that
+    extracts to a folder per class (the Caltech ones) can also be passed with --data:
+    the others' archives need the converter.
+    """
+    route = (f"download {source.url} yourself as {dest_dir / source.filename}: a file found there "
+             "is checked and used without downloading")
+    return route + _data_route(source, "; or ")
+
+
+def _data_route(source, joiner):
+    """Returns ``joiner`` + the --data route for a dataset that extracts to a folder per class, else ""."""
+    if source.convert is not None:
+        return ""
+    return f"{joiner}extract {source.filename} yourself and pass its {source.archive_root} folder with --data"
 
 
 def _md5_of_file(path, *, as_hash=False):
@@ -261,7 +423,7 @@ def _md5_of_file(path, *, as_hash=False):
     return digest if as_hash else digest.hexdigest()
 
 
-def _verify_md5(path, received_md5, source, *, origin):
+def _verify_md5(path, received_md5, source, *, origin, manual_route):
     """Deletes ``path`` and raises UserError unless ``received_md5`` is the source's md5.
 
     Args:
@@ -269,6 +431,7 @@ def _verify_md5(path, received_md5, source, *, origin):
         received_md5: its md5, hex.
         source: the :class:`DatasetSource` it should match.
         origin: where the file came from (a URL), for the message.
+        manual_route: how to get the file by hand (see :func:`_manual_route`).
     """
     if received_md5 == source.md5:
         return
@@ -276,7 +439,7 @@ def _verify_md5(path, received_md5, source, *, origin):
     raise UserError(
         f"checksum mismatch for {source.filename} from {origin}: expected md5 {source.md5}, "
         f"received md5 {received_md5}. The file was deleted. Run again to download it "
-        "afresh; if it keeps failing, download the dataset manually and pass --data.")
+        f"afresh; if it keeps failing, {manual_route}.")
 
 
 class _ProgressLine:

@@ -83,6 +83,7 @@ def discover_classes(root, include=(), exclude=()):
     if not folders:
         raise UserError(f"dataset folder {root} has no class subfolders "
                         "(expected a tree like 001.ak47/001_0001.jpg)")
+    _check_class_folders(root, folders)
     if include:
         unknown = [name for name in include if not any(_matches(folder, {name}) for folder in folders)]
         if unknown:
@@ -97,6 +98,23 @@ def discover_classes(root, include=(), exclude=()):
         raise UserError(f"dataset {root} has {len(folders)} class(es) after include/exclude "
                         f"({folders}); a classifier needs at least 2")
     return folders, not_found
+
+
+def _check_class_folders(root, folders):
+    """Raises UserError for a subfolder that is not a class: a link back into the tree, or a run folder.
+
+    Either would silently become a class of images: the whole dataset again, or the
+    figures a run wrote.
+    """
+    resolved_root = root.resolve()
+    for folder in folders:
+        path = root / folder
+        if resolved_root.is_relative_to(path.resolve()):
+            raise UserError(f"class folder {path} links back to the dataset folder (or above it), so the "
+                            "whole dataset would become one class; remove the link")
+        if (path / "config.yaml").is_file() and (path / "splits.json").is_file():
+            raise UserError(f"{path} is a run folder of train.py, not a class; move it out of the dataset "
+                            "folder (run folders belong under runs/)")
 
 
 def header_size(data):

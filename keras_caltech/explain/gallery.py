@@ -1,7 +1,9 @@
 """Galleries of a run's explanations on its test split.
 
 - ``--sample AxB``: A random classes x B random images of each (seeded), one grid PNG
-  and one self-contained HTML page (images inlined) of the same explanations.
+  (a row per class; image, heatmap and overlay of each image) and one self-contained
+  HTML page (images inlined) of the same explanations; ``--correct-only`` samples only
+  the images the model classifies right.
 - ``--misclassified N``: the N most confident mistakes, each with the heatmap of its
   true class beside the heatmap of the class the model predicted.
 - ``--method patches``: the test images where one unit responds most.
@@ -21,6 +23,7 @@ from keras_caltech.html_page import data_uri, escape, page
 from keras_caltech.plotting import colorize, image_grid, overlay, save_figure
 
 HTML_IMAGE_SIDE = 192  # pixels: small inputs (32-64 px) are upscaled for the page
+_SAMPLE_WIDTH = 18  # inches: wide --sample grids get smaller panels, down to 1.1 inches
 
 
 def cam_explainer(model, method, layer_name):
@@ -39,32 +42,39 @@ def _test_labels(run):
     return np.array([label for _, label in run.folder.split_pairs("test")], int)
 
 
-def choose_sample(labels, num_classes, per_class, seed=0):
+def choose_sample(labels, num_classes, per_class, seed=0, allowed=None):
     """Picks random classes, then random images of each, without repeats.
 
     Args:
         labels: (n,) int, the label of each test image.
-        num_classes: classes wanted; fewer if fewer classes have test images.
+        num_classes: classes wanted; fewer if fewer classes have (allowed) test images.
         per_class: images wanted per class; fewer if a class has fewer.
         seed: the same seed picks the same images.
+        allowed: (n,) bool, the images that may be picked (e.g. those the model
+            classifies right); None: all. Classes with no allowed image are not picked.
 
     Returns:
         A list of (class index, sorted positions in ``labels``), classes in label order.
     """
     rng = np.random.default_rng(seed)
-    present = np.unique(labels)
+    labels = np.asarray(labels)
+    allowed = np.ones(len(labels), bool) if allowed is None else np.asarray(allowed, bool)
+    present = np.unique(labels[allowed])
     classes = np.sort(rng.choice(present, size=min(num_classes, len(present)), replace=False))
     groups = []
     for label in classes:
-        members = np.flatnonzero(labels == label)
+        members = np.flatnonzero((labels == label) & allowed)
         picks = rng.choice(members, size=min(per_class, len(members)), replace=False)
         groups.append((int(label), sorted(int(pick) for pick in picks)))
     return groups
 
 
 def sample_gallery(run, num_classes, per_class, method="gradcam", layer_name=None,
-                   class_index=None, seed=0, output_dir=None):
+                   class_index=None, seed=0, output_dir=None, correct_only=False):
     """Explains a seeded sample of the test split; writes a grid PNG and an HTML page.
+
+    The grid has a row per class and three panels per image: the image, the heatmap
+    alone and the overlay.
 
     Args:
         run: an ``ExplainedRun``.
@@ -74,23 +84,30 @@ def sample_gallery(run, num_classes, per_class, method="gradcam", layer_name=Non
         class_index: the class to explain in every image; None: each one's prediction.
         seed: picks the classes and images.
         output_dir: folder for the files (default: the run's ``explain/``).
+        correct_only: sample only test images the model classifies right.
 
     Returns:
         (list of :class:`Written`, notes: lines about what could not be met).
     """
     output_dir = run.folder.path / "explain" if output_dir is None else output_dir
     explainer = cam_explainer(run.model, method, layer_name)
-    labels = _test_labels(run)
-    groups = choose_sample(labels, num_classes, per_class, seed)
+    labels, allowed = _sample_pool(run, correct_only)
+    if allowed is not None and not allowed.any():
+        return [], [f"--correct-only: none of the {len(labels)} test images is classified right: "
+                    f"nothing written"]
+    groups = choose_sample(labels, num_classes, per_class, seed, allowed)
     indices = [index for _, picks in groups for index in picks]
     images, _ = load_split_images(run, "test", indices)  # (n, size, size, 3) 0-255
     result = explainer(images, class_index)
     rows, cards = _sample_figures(run, explainer, groups, indices, images, result)
 
-    stem = f"{method}_sample_{num_classes}x{per_class}"
+    stem = f"{method}_sample_{num_classes}x{per_class}" + ("_correct" if correct_only else "")
+    which = "correctly classified test images" if correct_only else "test images"
     title = (f"{explainer.method} at {explainer.layer_name}, {run.folder.path.name}: "
-             f"{len(indices)} test images (seed {seed})")
-    grid_path = save_figure(image_grid(rows, title), output_dir / f"{stem}.png")
+             f"{len(indices)} {which} (seed {seed}): image | heatmap | overlay")
+    columns = 3 * max(len(picks) for _, picks in groups)
+    grid = image_grid(rows, title, cell=min(1.8, max(1.1, _SAMPLE_WIDTH / columns)), group=3)
+    grid_path = save_figure(grid, output_dir / f"{stem}.png")
     page_path = output_dir / f"{stem}.html"
     page_path.write_text(_html_page(title, cards))
     correct = int(sum(result.probabilities[position].argmax() == labels[index]
@@ -98,7 +115,29 @@ def sample_gallery(run, num_classes, per_class, method="gradcam", layer_name=Non
     summary = f"{len(groups)} classes x up to {per_class} images, {correct}/{len(indices)} predicted right"
     written = [Written(grid_path, f"grid: {summary}"),
                Written(page_path, "page of the same, images inlined")]
+    if allowed is not None:
+        return written, _correct_only_notes(allowed, len(indices), num_classes * per_class)
     return written, _sample_notes(groups, num_classes, per_class, run.class_names)
+
+
+def _sample_pool(run, correct_only):
+    """The test labels (n,), and with ``correct_only`` which test images the model gets right.
+
+    Returns:
+        (labels int (n,), allowed bool (n,) or None).
+    """
+    if not correct_only:
+        return _test_labels(run), None
+    probabilities, labels = predict_split(run, "test")
+    return labels, probabilities.argmax(axis=1) == labels
+
+
+def _correct_only_notes(allowed, shown, asked):
+    """One line when the correctly classified images could not fill ``--sample AxB``."""
+    if shown >= asked:
+        return []
+    return [f"--correct-only: {int(allowed.sum())} of {len(allowed)} test images are classified "
+            f"right; showing {shown} of them, not the {asked} asked"]
 
 
 def _sample_notes(groups, num_classes, per_class, names):
@@ -113,7 +152,7 @@ def _sample_notes(groups, num_classes, per_class, names):
 
 
 def _sample_figures(run, explainer, groups, indices, images, result):
-    """The grid's rows (per class: image and overlay of each of its images) and the page's cards.
+    """The grid's rows (per class, three panels per image: image, heatmap, overlay) and the page's cards.
 
     Args:
         run: an ``ExplainedRun``.
@@ -140,9 +179,12 @@ def _sample_figures(run, explainer, groups, indices, images, result):
             elif result.empty[item]:
                 heat_label += "\nempty map"
             image_label = f"{relative.rsplit('/', 1)[-1]}\ntrue {class_name(label, names)}"
+            heatmap = result.heatmaps[item]
+            overlay_label = "overlay" if predicted == label else "overlay\nmisclassified"
             row += [(images[item], image_label),
-                    (overlay(images[item], result.heatmaps[item]), heat_label)]
-            cards.append(_card(images[item], result.heatmaps[item], [
+                    (colorize(heatmap, images[item].shape[:2]), heat_label),
+                    (overlay(images[item], heatmap), overlay_label)]
+            cards.append(_card(images[item], heatmap, [
                 relative, f"true: {class_name(label, names)}",
                 heat_label.replace("\n", "; "), f"top-5: {top_classes(probabilities, names)}"]))
             item += 1

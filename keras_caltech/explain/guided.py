@@ -11,14 +11,21 @@ shares their weights and the user's model is never changed.
 
 Not reached: a ReLU called inside a custom layer's ``call``, and leaky ReLUs (they
 pass negative inputs, so the guided rule does not apply).
+
+Guided backpropagation starts from a class logit (:class:`GuidedBackprop`) or from one
+neuron of a 4-D layer, a channel's strongest unit (:class:`GuidedChannelBackprop`).
 """
+
+import dataclasses
 
 import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_caltech.errors import UserError
 from keras_caltech.explain.gradcam import GradCam, check_batch, upsample
-from keras_caltech.explain.model_layers import as_functional, image_shape, tap_model
+from keras_caltech.explain.model_layers import (as_functional, image_shape,
+                                                resolve_spatial_layer, tap_model)
 
 
 def guided_relu(inputs, max_value=None, threshold=0.0):
@@ -201,3 +208,77 @@ class GuidedGradCam:
         gradients = self.guided(images, cam.class_indices)
         heatmaps = upsample(cam.heatmaps, gradients.shape[1:3])  # (b, h, w)
         return gradients * heatmaps[..., None], cam
+
+
+@dataclasses.dataclass(frozen=True)
+class ChannelGradients:
+    """Guided gradients of one channel's strongest unit, per image.
+
+    Attributes:
+        gradients: (batch, h, w, 3) float32, d unit / d image per 0-255 pixel unit.
+        positions: (batch, 2) int, (row, col) of the unit in the layer's feature map.
+        activations: (batch,) float32, the unit's activation; 0 where the channel is
+            silent on the whole image (then the gradient is all zero).
+    """
+
+    gradients: np.ndarray
+    positions: np.ndarray
+    activations: np.ndarray
+
+
+class GuidedChannelBackprop:
+    """Guided backpropagation of one neuron of a 4-D layer, not of a class logit.
+
+    The neuron is the channel's strongest unit on each image (its maximum over the
+    feature map), as Zeiler & Fergus (2014) and Springenberg et al. (2015) visualise one
+    neuron at its strongest activation: the gradient then lies inside that unit's
+    receptive field and shows which of its pixels drive it.
+
+    Args:
+        model: a Functional or Sequential model, images 0-255 in.
+        layer_name: a 4-D layer (a path for nested models); default: the declared
+            Grad-CAM layer, else the last 4-D layer.
+        channel: a channel of that layer.
+        batch_size: images per backward pass.
+
+    Raises:
+        UserError: the layer is missing or not 4-D (the 4-D layers are listed), or the
+            channel is out of range.
+    """
+
+    method = "guided backpropagation"
+
+    def __init__(self, model, layer_name, channel, batch_size=32):
+        self.layer_name = resolve_spatial_layer(model, layer_name)
+        self.channel = int(channel)
+        self.batch_size = batch_size
+        self.image_shape = image_shape(model)
+        self._taps = tap_model(guided_model(model), [self.layer_name])  # [activations, logits]
+        channels = self._taps.outputs[0].shape[-1]
+        if not 0 <= self.channel < channels:
+            raise UserError(f"channel {self.channel} is out of range: layer {self.layer_name!r} has "
+                            f"{channels} channels (0 to {channels - 1})")
+        self._gradients = tf.function(self._gradients_graph, autograph=False, input_signature=[
+            tf.TensorSpec((None, *self.image_shape), tf.float32)])
+
+    def _gradients_graph(self, images):
+        with tf.GradientTape() as tape:
+            tape.watch(images)
+            maps = self._taps(images, training=False)[0][..., self.channel]  # (b, h, w)
+            flat = tf.reshape(maps, (tf.shape(maps)[0], -1))  # (b, h * w)
+            # One unit per image: the argmax picks it, and gathering it (rather than
+            # reduce_max, whose gradient is shared among ties) differentiates it alone.
+            strongest = tf.argmax(flat, axis=1, output_type=tf.int32)
+            units = tf.gather(flat, strongest, batch_dims=1)  # (b,)
+        width = tf.shape(maps)[2]
+        positions = tf.stack([strongest // width, strongest % width], axis=1)
+        return tape.gradient(units, images), positions, units
+
+    def __call__(self, images):
+        """Returns the :class:`ChannelGradients` of ``images``, (batch, h, w, 3) float RGB 0-255."""
+        images, _ = check_batch(images, None, 1, self.image_shape)
+        parts = [self._gradients(images[start:start + self.batch_size])
+                 for start in range(0, len(images), self.batch_size)]
+        gradients, positions, activations = (np.concatenate([part[i].numpy() for part in parts])
+                                             for i in range(3))
+        return ChannelGradients(gradients=gradients, positions=positions, activations=activations)

@@ -17,7 +17,9 @@ import tensorflow as tf
 from keras_caltech.data.pipeline import crop_window, decode, decode_and_resize
 from keras_caltech.errors import UserError
 from keras_caltech.explain.gradcam import GradCam, GradCamPlusPlus, ScoreCam
-from keras_caltech.explain.guided import GuidedBackprop, GuidedGradCam
+from keras_caltech.explain.guided import GuidedBackprop, GuidedChannelBackprop, GuidedGradCam
+from keras_caltech.explain.model_layers import resolve_spatial_layer
+from keras_caltech.explain.receptive_field import receptive_field
 from keras_caltech.explain.views import feature_maps, top_activating_patches
 from keras_caltech.models.loading import model_image_size
 from keras_caltech.plotting import (explanation_figure, feature_map_figure, gradient_figure,
@@ -25,6 +27,7 @@ from keras_caltech.plotting import (explanation_figure, feature_map_figure, grad
 
 CAM_METHODS = {"gradcam": GradCam, "gradcam++": GradCamPlusPlus, "scorecam": ScoreCam}
 METHODS = (*CAM_METHODS, "guided-backprop", "guided-gradcam", "feature-maps", "patches")
+CHANNEL_METHODS = ("patches", "guided-backprop")  # the methods --channel applies to
 TOP_K = 5  # classes printed per image
 
 
@@ -150,7 +153,8 @@ def explain_images(model, image_paths, method="gradcam", class_index=None, layer
         method: one of :data:`METHODS`.
         class_index: the class to explain; None: each image's predicted class.
         layer_name: the 4-D layer (default: the model's declared/last 4-D layer).
-        channel: ``patches`` only: the channel of ``layer_name`` to maximize.
+        channel: ``patches`` and ``guided-backprop``: the channel of ``layer_name`` to
+            follow instead of a class (see :func:`check_unit_choice`).
         class_names: names of the classes, or None.
         output_dir: folder for the PNG files.
         resize_crop: the run's ``augment.resize_crop`` (see ``pipeline.resize_for_model``).
@@ -160,6 +164,7 @@ def explain_images(model, image_paths, method="gradcam", class_index=None, layer
     """
     if method not in METHODS:
         raise UserError(f"unknown method {method!r}. Valid methods: {', '.join(METHODS)}")
+    check_unit_choice(method, class_index is not None, layer_name is not None, channel)
     size = model_image_size(model, "explain.py")
     files = [read_image(path, size, resize_crop) for path in image_paths]
     output_dir = Path(output_dir)
@@ -169,31 +174,66 @@ def explain_images(model, image_paths, method="gradcam", class_index=None, layer
                               class_names, output_dir)]
     if method == "feature-maps":
         return _feature_maps(model, files, layer_name, output_dir)
+    if method == "guided-backprop" and channel is not None:
+        return _guided_channel(model, files, layer_name, channel, class_names, output_dir)
     return _per_image(model, files, method, class_index, layer_name, class_names, output_dir)
 
 
 def write_patches(model, batches, num_images, class_index, layer_name, channel, class_names,
                   output_dir):
-    """One grid of the strongest patches of a channel, or of whole images for a class.
+    """One grid of the strongest patches of a channel or of a class logit.
+
+    A channel's patches are the receptive fields of its strongest units; a class's are
+    the receptive fields, in ``layer_name``, of the locations with the most evidence for
+    the class in the images with the highest logits (see ``views.top_activating_patches``).
 
     Args:
         batches: (n, size, size, 3) images, or an iterable of (images, labels) batches
             such as a run's test split.
         num_images: how many images ``batches`` holds, for the summary line.
     """
-    if channel is not None:
-        unit = f"channel {channel} of {layer_name or 'the default layer'}"
-        file_name = f"patches_channel{channel}.png"
-        class_index = None
-    elif class_index is not None:
-        unit, file_name = class_name(class_index, class_names), f"patches_class{class_index}.png"
-    else:
+    if channel is None and class_index is None:
         raise UserError("--method patches needs a unit: --class NAME|INDEX, or --layer and --channel")
+    layer_name = resolve_spatial_layer(model, layer_name)
+    if channel is not None:
+        unit, file_name = f"channel {channel} of {layer_name}", f"patches_channel{channel}.png"
+    else:
+        unit, file_name = class_name(class_index, class_names), f"patches_class{class_index}.png"
     patches = top_activating_patches(model, batches, layer_name=layer_name, channel=channel,
                                      class_index=class_index, top_k=9,
                                      one_per_image=num_images > 1)
-    path = save_figure(patches_figure(patches, f"top patches: {unit}"), output_dir / file_name)
-    return Written(path, f"{len(patches)} patches for {unit} from {num_images} image(s)")
+    size = receptive_field(model, layer_name).size
+    if channel is None:
+        title = f"top patches: {unit} (score: logit)\n{size} px field in {layer_name} at the peak evidence"
+    else:
+        title = f"top patches: {unit}\n{size} px receptive fields"
+    path = save_figure(patches_figure(patches, title), output_dir / file_name)
+    return Written(path, f"{len(patches)} patches for {unit} from {num_images} image(s), "
+                         f"each the {size} px receptive field of a unit of {layer_name}")
+
+
+def check_unit_choice(method, class_given, layer_given, channel):
+    """Refuses unit choices a method cannot follow (before anything is loaded).
+
+    ``--channel`` picks one channel of ``--layer`` for ``patches`` and
+    ``guided-backprop``; ``--class`` picks a class logit. One unit at a time.
+
+    Raises:
+        UserError: ``channel`` with another method, with a class, or negative; or
+            ``guided-backprop`` given a layer but no channel.
+    """
+    if channel is None:
+        if method == "guided-backprop" and layer_given:
+            raise UserError("--method guided-backprop follows a class logit back to the image; "
+                            "to follow a neuron of --layer instead, add --channel C")
+        return
+    if method not in CHANNEL_METHODS:
+        raise UserError(f"--channel picks a neuron for --method {' or '.join(CHANNEL_METHODS)}. "
+                        f"Received: --method {method}")
+    if class_given:
+        raise UserError("give --class (a class logit) or --channel (a channel of --layer), not both")
+    if channel < 0:
+        raise UserError(f"--channel takes a channel index >= 0. Received: {channel}")
 
 
 def _feature_maps(model, files, layer_name, output_dir):
@@ -208,24 +248,44 @@ def _feature_maps(model, files, layer_name, output_dir):
     return written
 
 
-def _per_image(model, files, method, class_index, layer_name, class_names, output_dir):
-    """A CAM (image | heatmap | overlay) or gradient figure per image, on the original image."""
-    images = np.stack([file.pixels for file in files])  # (n, size, size, 3)
-    heatmaps = gradients = None
+def _explain_batch(model, images, method, class_index, layer_name):
+    """Runs a class explainer on a batch.
+
+    Returns:
+        (heatmaps (n, h', w') or None, gradients (n, h, w, 3) or None, probabilities
+        (n, classes), explained classes (n,), empty maps (n,) bool, the method's name).
+    """
     if method in CAM_METHODS:
         explainer = CAM_METHODS[method](model, layer_name)
         result = explainer(images, class_index)
-        heatmaps, method_name = result.heatmaps, explainer.method
-        probabilities, classes, empty = result.probabilities, result.class_indices, result.empty
-    elif method == "guided-gradcam":
+        return (result.heatmaps, None, result.probabilities, result.class_indices, result.empty,
+                explainer.method)
+    if method == "guided-gradcam":
         gradients, result = GuidedGradCam(model, layer_name)(images, class_index)
-        method_name = "guided Grad-CAM"
-        probabilities, classes, empty = result.probabilities, result.class_indices, result.empty
-    else:  # guided-backprop: no layer needed, only the prediction for the title
-        probabilities = tf.nn.softmax(model(images, training=False)).numpy()
-        classes = probabilities.argmax(-1) if class_index is None else np.full(len(images), class_index)
-        gradients = GuidedBackprop(model)(images, classes)
-        method_name, empty = "guided backpropagation", np.zeros(len(images), bool)
+        return (None, gradients, result.probabilities, result.class_indices, result.empty,
+                "guided Grad-CAM")
+    # guided-backprop: no layer needed, only the prediction for the title
+    probabilities = tf.nn.softmax(model(images, training=False)).numpy()
+    classes = probabilities.argmax(-1) if class_index is None else np.full(len(images), class_index)
+    gradients = GuidedBackprop(model)(images, classes)
+    return None, gradients, probabilities, classes, np.zeros(len(images), bool), "guided backpropagation"
+
+
+def _stretched(gradients, original):
+    """A per-model-input-pixel gradient (size, size, 3) stretched back onto the original's shape."""
+    return tf.image.resize(gradients, original.shape[:2], method="bilinear").numpy()
+
+
+def _prediction_details(probabilities, class_names):
+    """The ``top-k: ...`` detail line of a figure."""
+    return (f"top-{min(TOP_K, len(probabilities))}: {top_classes(probabilities, class_names)}",)
+
+
+def _per_image(model, files, method, class_index, layer_name, class_names, output_dir):
+    """A CAM (image | heatmap | overlay) or gradient figure per image, on the original image."""
+    images = np.stack([file.pixels for file in files])  # (n, size, size, 3)
+    heatmaps, gradients, probabilities, classes, empty, method_name = _explain_batch(
+        model, images, method, class_index, layer_name)
     written = []
     for item, file in enumerate(files):
         explained = int(classes[item])
@@ -233,10 +293,7 @@ def _per_image(model, files, method, class_index, layer_name, class_names, outpu
         if heatmaps is not None:
             figure = explanation_figure(file.original, heatmaps[item], title, bool(empty[item]))
         else:
-            # The gradient is per model-input pixel: stretched back to the original's shape.
-            height, width = file.original.shape[:2]
-            stretched = tf.image.resize(gradients[item], (height, width), method="bilinear").numpy()
-            figure = gradient_figure(file.original, stretched, title)
+            figure = gradient_figure(file.original, _stretched(gradients[item], file.original), title)
         path = save_figure(figure, output_dir / f"{file.path.stem}_{method}.png")
         note = " (empty map: the image argues against this class)" if empty[item] else ""
         predicted = int(np.argmax(probabilities[item]))
@@ -244,6 +301,40 @@ def _per_image(model, files, method, class_index, layer_name, class_names, outpu
             path, f"{file.path.stem}: predicted {class_name(predicted, class_names)} "
                   f"({probabilities[item][predicted]:.1%}), explained "
                   f"{class_name(explained, class_names)}{note}",
-            (f"top-{min(TOP_K, len(probabilities[item]))}: "
-             f"{top_classes(probabilities[item], class_names)}",)))
+            _prediction_details(probabilities[item], class_names)))
+    return written
+
+
+def _box_on_original(box, model_size, original_size):
+    """A box (x0, y0, x1, y1) in model-input pixels, in the pixels of the (stretched) original."""
+    x_scale, y_scale = original_size[1] / model_size[1], original_size[0] / model_size[0]
+    x0, y0, x1, y1 = box
+    return x0 * x_scale, y0 * y_scale, x1 * x_scale, y1 * y_scale
+
+
+def _guided_channel(model, files, layer_name, channel, class_names, output_dir):
+    """Guided backpropagation of a channel's strongest unit: a figure per image, its field boxed."""
+    explainer = GuidedChannelBackprop(model, layer_name, channel)
+    images = np.stack([file.pixels for file in files])  # (n, size, size, 3)
+    result = explainer(images)
+    probabilities = tf.nn.softmax(model(images, training=False)).numpy()
+    field = receptive_field(model, explainer.layer_name)
+    unit = f"{explainer.layer_name} channel {channel}"
+    written = []
+    for item, file in enumerate(files):
+        row, col = (int(value) for value in result.positions[item])
+        activation = float(result.activations[item])
+        box = _box_on_original(field.box(row, col, images.shape[1:3]), images.shape[1:3],
+                               file.original.shape[:2])
+        predicted = int(np.argmax(probabilities[item]))
+        prediction = f"predicted {class_name(predicted, class_names)} ({probabilities[item][predicted]:.1%})"
+        title = f"guided backpropagation of {unit}, strongest at ({row}, {col}): {activation:.3g}\n{prediction}"
+        figure = gradient_figure(file.original, _stretched(result.gradients[item], file.original),
+                                 title, box=box)
+        name = f"{file.path.stem}_guided-backprop_{explainer.layer_name.replace('/', '__')}_channel{channel}.png"
+        path = save_figure(figure, output_dir / name)
+        note = "" if result.gradients[item].any() else " (the channel is silent here: zero gradient)"
+        written.append(Written(
+            path, f"{file.path.stem}: {unit} strongest at ({row}, {col}), {activation:.3g}{note}; "
+                  f"{prediction}", _prediction_details(probabilities[item], class_names)))
     return written

@@ -80,5 +80,19 @@ def pooled_classifier(x, num_classes, dropout):
         Logits (batch, num_classes), no softmax.
     """
     x = layers.GlobalAveragePooling2D(name="head_pool")(x)  # (batch, channels)
+    return dropout_and_logits(x, num_classes, dropout)
+
+
+def dropout_and_logits(x, num_classes, dropout):
+    """Dropout -> Dense logits, named ``head_dropout`` and ``logits``: a head's new last layer.
+
+    Args:
+        x: features (batch, features).
+        num_classes: number of logits.
+        dropout: fraction of the features dropped while training, in [0, 1).
+
+    Returns:
+        Logits (batch, num_classes), no softmax.
+    """
     x = layers.Dropout(dropout, name="head_dropout")(x)
     return layers.Dense(num_classes, dtype="float32", name="logits")(x)  # float32 under mixed precision

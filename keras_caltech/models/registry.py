@@ -124,7 +124,8 @@ def create_model(name, num_classes, image_size, *, mean=(0.5, 0.5, 0.5), std=(0.
             pretrained backbones, which normalize the way their weights expect.
         std: per-channel standard deviation in 0-1 units.
         weights: pretrained models only: "imagenet", a weights file path, or None.
-        **options: architecture options (e.g. ``dropout``), checked against the entry.
+        **options: architecture options (e.g. ``dropout``, ``head``), checked against the
+            entry.
 
     Returns:
         A ``keras.Model`` named ``name``: (batch, image_size, image_size, 3) float 0-255
@@ -143,6 +144,11 @@ def create_model(name, num_classes, image_size, *, mean=(0.5, 0.5, 0.5), std=(0.
             f"Received: image_size={image_size}. Raise data.image_size (published size: "
             f"{entry.default_image_size}).")
     unknown = sorted(set(options) - set(entry.options))
+    if "head" in unknown:  # model.head is a config field: name the models that have a choice
+        with_heads = [model for model in list_models() if "head" in _REGISTRY[model].options]
+        raise UserError(f"model {name!r} has no choice of head (received head={options['head']!r}); "
+                        f"models with one: {', '.join(with_heads)}. Set model.head=pooled (the "
+                        f"default), or pick one of those models")
     if unknown:
         raise UserError(f"model {name!r} has no option(s) {', '.join(unknown)}. "
                         f"Valid options: {', '.join(entry.options) or '(none)'}")

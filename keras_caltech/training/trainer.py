@@ -8,6 +8,8 @@ resumed from its last completed epoch (resume.py), and holds its run folder's lo
 while it works (lock.py).
 """
 
+import contextlib
+import dataclasses
 import math
 import pathlib
 import sys
@@ -21,7 +23,8 @@ from keras_caltech import plotting
 from keras_caltech.config import DATASET_CLASSES, config_to_dict
 from keras_caltech.data import synthetic
 from keras_caltech.data.augment import build_augmenter
-from keras_caltech.data.pipeline import NORMALIZATION_MODES, EpochBatches, channel_statistics, split_files
+from keras_caltech.data.pipeline import (NORMALIZATION_MODES, EpochBatches, channel_statistics,
+                                         images_checked_on_error, split_files)
 from keras_caltech.data.scan import IMAGE_EXTENSIONS, discover_classes, scan_dataset
 from keras_caltech.data.splits import SPLIT_NAMES, stratified_split
 from keras_caltech.errors import UserError
@@ -31,12 +34,13 @@ from keras_caltech.training.callbacks import BestCheckpoint, StopOnNonFiniteLoss
 from keras_caltech.training.distribute import make_strategy, worker_index, worker_run_dir
 from keras_caltech.training.lock import lock_run_folder
 from keras_caltech.training.loop import build_training_state, fit
+from keras_caltech.training.memory import check_training_memory
 from keras_caltech.training.optim import make_optimizer
 from keras_caltech.training.precision import set_precision
 from keras_caltech.training.resume import (STATE_FILE, SaveTrainingState, completed_epochs, reopen_run_folder,
-                                           restore_training)
-from keras_caltech.runs import (BEST_MODEL, create_run_folder, read_json, write_atomically,
-                                               write_json)
+                                           restore_training, unwritten_data_files)
+from keras_caltech.runs import (BEST_MODEL, WriteFailed, create_run_folder, read_json, remove_partial_files,
+                                write_atomically, write_json)
 
 # Dataset statistics from a sample: enough for three means and deviations, and fast on Caltech-256.
 STATISTICS_SAMPLE_IMAGES = 2000
@@ -58,6 +62,9 @@ def dataset_root(data):
 
 def default_run_dir(config):
     """``runs/<config name>-<date>-<time>``: a new folder per run."""
+    if "\0" in config.name:
+        raise UserError(f"name must not contain a NUL byte: it names the run folder (runs/NAME-DATE-TIME). "
+                        f"Received: {config.name!r}")
     return pathlib.Path("runs") / f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
@@ -86,6 +93,8 @@ def build_model(config, num_classes, normalization=None, weights=None):
     """
     normalization = normalization or {}
     kwargs = {} if config.model.dropout is None else {"dropout": config.model.dropout}
+    if config.model.head != "pooled":  # the default head needs no option: most models have no choice
+        kwargs["head"] = config.model.head
     if normalization.get("mean") is not None:
         kwargs.update(mean=normalization["mean"], std=normalization["std"])
     return create_model(config.model.name, num_classes, config.data.image_size, weights=weights, **kwargs)
@@ -164,11 +173,14 @@ def write_run_config(run_dir, config):
     write_atomically(pathlib.Path(run_dir) / "config.yaml", yaml.safe_dump(config_to_dict(config), sort_keys=False))
 
 
-def _new_run(config, run_dir, log):
+def _new_run(config, run_dir, log, in_place=False):
     """Scans the data, splits it and writes a new, locked run folder's data files.
 
     Settings left to the data (``training/auto.py``) are chosen from the training split
     here, and written into the run's config.yaml.
+
+    ``in_place``: ``run_dir`` is a run stopped before it saved its data files
+    (``resume.unwritten_data_files``); they are written again, into it.
 
     Returns:
         (config with its auto settings chosen, run_dir, scan, splits).
@@ -180,8 +192,12 @@ def _new_run(config, run_dir, log):
     class_names = scan.class_names
     config, splits = _choose_from_split(config, scan.root, scan.files, class_names, log)
 
-    run_dir = create_run_folder(run_dir)
+    if pathlib.Path(run_dir).resolve().is_relative_to(scan.root.resolve()):
+        raise UserError(f"the run folder {run_dir} would be inside the dataset folder {scan.root}, where a "
+                        "later scan would take it for a class; pick an --output-dir outside it")
+    run_dir = pathlib.Path(run_dir) if in_place else create_run_folder(run_dir)
     lock_run_folder(run_dir)
+    remove_partial_files(run_dir)
     write_run_config(run_dir, config)
     write_json(run_dir / "class_names.json", class_names)
     write_json(run_dir / "splits.json", {"root": str(scan.root), **{name: splits[name] for name in SPLIT_NAMES}})
@@ -227,11 +243,7 @@ def train(config, output_dir=None, *, resume=False, moved_data=None, verbose=Non
     if config.train.deterministic:
         tf.config.experimental.enable_op_determinism()
     run_dir = worker_run_dir(output_dir or default_run_dir(config), strategy)
-    if resume:
-        run_dir, scan, splits = reopen_run_folder(run_dir, moved_data, log=log)
-    else:
-        log(recipes.describe_recipe(config))
-        config, run_dir, scan, splits = _new_run(config, run_dir, log)
+    config, run_dir, scan, splits = _open_run_folder(config, run_dir, resume, moved_data, log)
     class_names = scan.class_names
     sizes = (f"train/val = {len(splits['train'])}/{len(splits['val'])} images (train_val protocol: val "
              f"selects the checkpoint and is reported)" if config.data.protocol == "train_val" else
@@ -239,11 +251,10 @@ def train(config, output_dir=None, *, resume=False, moved_data=None, verbose=Non
     log(f"{len(class_names)} classes; {sizes}; "
         f"{len(scan.excluded)} file(s) excluded (see {run_dir / 'data_report.json'})")
     files = {name: split_files(scan.root, splits[name]) for name in SPLIT_NAMES if splits[name]}
-    if resume:
-        normalization = read_json(run_dir / "normalization.json")
-    else:
-        normalization = normalization_for(config, entry, files["train"], class_names)
-        write_json(run_dir / "normalization.json", normalization)
+    # Before any image is decoded at data.image_size: a size too large for memory fails now, in one line.
+    check_training_memory(build_model(config, len(class_names)), config.data.image_size, config.data.batch_size)
+    with _stops_resumably(run_dir, files):
+        normalization = _normalization(config, entry, files["train"], class_names, run_dir, resume, log)
 
     # Recipes (training/phases.py, training/recipes.py): one call of the training loop
     # per phase (progressive sizes, frozen-backbone head, fine-tuning), on data with the
@@ -256,9 +267,10 @@ def train(config, output_dir=None, *, resume=False, moved_data=None, verbose=Non
         f"{config.train.precision}{', XLA' if config.train.jit_compile else ''}")
     checkpoint = BestCheckpoint(run_dir / BEST_MODEL, monitor="val_accuracy" if "val" in files else "accuracy")
     nan_guard = StopOnNonFiniteLoss()
-    epoch = _train_phases(runner, strategy, files, class_names, run_dir, checkpoint, nan_guard,
-                          resume=resume, verbose=verbose, log=log)
-    plotting.plot_curves(run_dir / "history.csv", run_dir / "curves.png")
+    with _stops_resumably(run_dir, files):
+        epoch = _train_phases(runner, strategy, files, class_names, run_dir, checkpoint, nan_guard,
+                              resume=resume, verbose=verbose, log=log)
+        plotting.plot_curves(run_dir / "history.csv", run_dir / "curves.png")
     if nan_guard.stopped_epoch is not None:
         last_good = (f"the last good checkpoint is {run_dir / BEST_MODEL} (epoch {checkpoint.best_epoch})"
                      if checkpoint.best_epoch else "no checkpoint was saved before it")
@@ -268,6 +280,64 @@ def train(config, output_dir=None, *, resume=False, moved_data=None, verbose=Non
     return {"run_dir": run_dir, "class_names": class_names, "num_excluded": len(scan.excluded),
             "epochs_run": epoch, "best_epoch": checkpoint.best_epoch, "monitor": checkpoint.monitor,
             "best_monitor_value": checkpoint.best, "chief": worker_index(strategy) == 0}
+
+
+def _open_run_folder(config, run_dir, resume, moved_data, log):
+    """Starts a new run folder, or reopens a stopped one; returns (config, run_dir, scan, splits).
+
+    A run stopped before it saved its data split (``resume.DATA_FILES``) trained nothing:
+    it is scanned and split again, in place, with the settings its config.yaml saved.
+    """
+    if resume:
+        missing = unwritten_data_files(run_dir)
+        if not missing:
+            return (config, *reopen_run_folder(run_dir, moved_data, log=log))
+        log(f"{run_dir} stopped before it saved {', '.join(missing)}, so nothing was trained: "
+            f"scanning and splitting the data again, into the same folder")
+        if moved_data is not None:
+            config = dataclasses.replace(config, data=dataclasses.replace(config.data, root=str(moved_data)))
+    else:
+        log(recipes.describe_recipe(config))
+    return _new_run(config, run_dir, log, in_place=resume)
+
+
+def _normalization(config, entry, train_files, class_names, run_dir, resume, log):
+    """The run's normalization.json: read back, or computed from the training split and written.
+
+    A run stopped before it wrote the file computes it on resume: it is a function of the
+    training split and the seed, so the values are the ones the stopped run would have saved.
+    """
+    path = run_dir / "normalization.json"
+    if resume and path.is_file():
+        return read_json(path)
+    if resume:
+        log(f"{path.name} was not saved before the run stopped: computing it from the training split")
+    normalization = normalization_for(config, entry, train_files, class_names)
+    write_json(path, normalization)
+    return normalization
+
+
+@contextlib.contextmanager
+def _stops_resumably(run_dir, files):
+    """Ends training that cannot go on, without a bug, in one line saying how to continue.
+
+    A file of the run that cannot be written (a full disk) leaves the last completed
+    epoch's state, written atomically; an image that changed since the scan is named.
+    """
+    resume = f"python train.py --resume {run_dir}"
+    try:
+        with images_checked_on_error([path for paths, _ in files.values() for path in paths],
+                                     f"restore it and continue with: {resume}, or start a new run, which scans "
+                                     f"the dataset again and leaves it out"):
+            yield
+    except WriteFailed as error:
+        raise UserError(f"{error}. The run stays resumable from its last completed epoch: free some space, "
+                        f"then continue with: {resume}") from None
+    except OSError as error:  # history.csv and the logs, appended to by Keras
+        if error.errno is None:
+            raise
+        raise UserError(f"cannot write in run folder {run_dir}: {error.strerror}. The run stays resumable from "
+                        f"its last completed epoch: free some space, then continue with: {resume}") from None
 
 
 def _train_phases(runner, strategy, files, class_names, run_dir, checkpoint, nan_guard, *, resume, verbose, log):
@@ -287,6 +357,11 @@ def _train_phases(runner, strategy, files, class_names, run_dir, checkpoint, nan
         verbose = 1 if sys.stdout.isatty() else 2
     class_weight = recipes.class_weights(files["train"][1], len(class_names), config.train.class_weight)
     epoch = completed_epochs(run_dir / STATE_FILE) if resume else 0  # epochs done, = the next epoch's index
+    if epoch > runner.total_epochs:
+        raise UserError(f"{run_dir} already trained {epoch} epochs, more than the {runner.total_epochs} its "
+                        f"config.yaml now plans (was train.epochs lowered?). Set it back to {epoch} or more in "
+                        f"{run_dir / 'config.yaml'} to resume, or evaluate the run as it stands with: "
+                        f"python -m keras_caltech evaluate {run_dir}")
     restore_phase = next(phase for phase in runner.plan if phase.last_epoch >= max(epoch, 1))
     fit_data = {}
     for phase in runner.plan:
