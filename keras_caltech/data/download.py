@@ -17,12 +17,12 @@ survives an interruption:
 3. Later calls find the marked folder and return it without touching the network.
 
 The archive is deleted once extracted: the folder is what training reads, and the
-Caltech-256 tar alone is 1.2 GB. Until then a verified archive is never deleted: only a
-checksum mismatch deletes a file. If extraction or conversion fails (a full disk, an
-archive refused as unsafe), the partial extraction is deleted and the archive kept, so a
-rerun extracts it without downloading; a full disk during the download keeps the
-``.part`` file for the rerun to resume. A full disk is reported with the space needed
-and the space free.
+Caltech-256 tar alone is 1.2 GB. Until then only a checksum mismatch deletes it: an
+archive whose md5 matched is the published file, and downloading it again could only
+bring the same bytes. If extraction or conversion fails (a full disk, a member refused
+as unsafe, contents the converter refuses), the extraction folder is deleted and the
+archive kept for the rerun. A full disk during the download keeps the ``.part`` file to
+resume; every full disk is reported with the space needed and the space free.
 
 The download uses only the Python standard library (urllib, hashlib): a dependency such
 as ``requests`` or ``tqdm`` would buy little for one streaming GET.
@@ -218,7 +218,7 @@ def _extract_into_place(source, archive_path, work_dir, root):
         (dataset_root / COMPLETE_MARKER).write_text(f"{source.filename} md5 {source.md5}\n")
     except (UserError, OSError) as error:
         shutil.rmtree(work_dir, ignore_errors=True)
-        raise _kept_archive_error(source, archive_path, error, sum(extracted_sizes)) from error
+        raise _kept_archive_error(source, archive_path, work_dir, error, sum(extracted_sizes)) from error
     os.replace(dataset_root, root)  # atomic: root appears whole, marker included
     shutil.rmtree(work_dir)  # the rest of the archive (e.g. Caltech-101's annotations)
 
@@ -261,16 +261,17 @@ def _extract_and_convert(source, archive_path, work_dir, extracted_sizes):
     return class_root
 
 
-def _kept_archive_error(source, archive_path, error, extracted_bytes):
+def _kept_archive_error(source, archive_path, work_dir, error, extracted_bytes):
     """Returns the one-line UserError for a failed extraction or conversion of a kept archive.
 
     Args:
         source: the dataset's :class:`DatasetSource`.
         archive_path: the verified archive, which stays where it is.
+        work_dir: the extraction folder, deleted by the caller.
         error: the UserError or OSError that stopped extraction or conversion.
         extracted_bytes: uncompressed bytes of the archives fully extracted before it.
     """
-    kept = f"The partial extraction was deleted and the verified archive {archive_path} kept"
+    kept = f"{work_dir} was deleted and the verified archive {archive_path} kept"
     if isinstance(error, DiskFullError):  # extracting: its need, plus the archives before it
         needed = f"{size_text(extracted_bytes + error.needed_bytes)} (the archive's uncompressed size)"
         action, os_error = f"extract {source.filename}", error.os_error
@@ -289,7 +290,7 @@ def _kept_archive_error(source, archive_path, error, extracted_bytes):
                          f"failed: {error}. {kept}: a rerun extracts it without downloading.")
     else:
         return UserError(f"{error} {kept}: its md5 is the official one, so a rerun uses it "
-                         "without downloading again.")
+                         "again rather than downloading it.")
     message = disk_full_message(archive_path.parent, action, needed, os_error)
     return UserError(f"{message} {kept}: free some space and run again to extract it without "
                      "downloading.")
