@@ -111,6 +111,8 @@ def plot_confusion_matrix(matrix, class_names, output_path, *, title="Confusion 
         ticks = list(range(0, num_classes, step))
         axis.set_xticks(ticks, [str(tick) for tick in ticks], fontsize=8)
         axis.set_yticks(ticks, [str(tick) for tick in ticks], fontsize=8)
+        # Faint lines from the ticks: a bright cell far from both axes can be read off.
+        axis.grid(color="white", alpha=0.15, linewidth=0.5)
     if num_classes <= _COUNTS_MAX_CLASSES:
         for true_index in range(num_classes):
             for predicted_index in range(num_classes):
@@ -130,21 +132,32 @@ def plot_confusion_matrix(matrix, class_names, output_path, *, title="Confusion 
 def plot_per_class_accuracy(per_class_accuracy, output_path, *, worst=25, title="Worst classes"):
     """Draws the accuracies of the ``worst`` classes as named horizontal bars, worst on top.
 
+    With more classes than ``worst`` (Caltech-256's 257), a strip below shows every
+    class's accuracy, worst to best, the named ones in red, and names the best three:
+    the shape of the whole distribution, which the worst few alone do not give.
+
     Args:
         per_class_accuracy: class name -> accuracy in [0, 1], or None for a class with
             no test images (left out).
         output_path: PNG to write.
-        worst: how many classes to show.
+        worst: how many classes to name.
         title: figure title.
 
     Returns:
         ``output_path``.
     """
     present = {name: value for name, value in per_class_accuracy.items() if value is not None}
-    shown = sorted(present.items(), key=lambda item: (item[1], item[0]))[:worst]  # worst first
+    ranked = sorted(present.items(), key=lambda item: (item[1], item[0]))  # worst first
+    shown = ranked[:worst]
     mean = sum(present.values()) / max(1, len(present))
-    figure = _new_figure(8, 1.0 + 0.3 * len(shown), layout=None)
-    axis = figure.subplots()
+    bars_height = 0.6 + 0.3 * len(shown)  # inches
+    if len(ranked) > len(shown):
+        figure = _new_figure(8, bars_height + 2.6, layout=None)
+        axis, strip = figure.subplots(2, 1, gridspec_kw={"height_ratios": [bars_height, 1.8]})
+        _accuracy_strip(strip, ranked, len(shown), mean)
+    else:
+        figure = _new_figure(8, bars_height + 0.4, layout=None)
+        axis = figure.subplots()
     names = [name for name, _ in shown][::-1]  # barh draws bottom-up: reverse to put the worst on top
     values = [value for _, value in shown][::-1]
     axis.barh(range(len(shown)), values, color="tab:red", alpha=0.8)
@@ -161,6 +174,24 @@ def plot_per_class_accuracy(per_class_accuracy, output_path, *, worst=25, title=
     return save_figure(figure, output_path)
 
 
+def _accuracy_strip(axis, ranked, named, mean):
+    """Every class's accuracy as a thin bar, worst to best; the ``named`` worst in red, the best three named."""
+    values = [value for _, value in ranked]
+    colours = ["tab:red" if rank < named else "tab:blue" for rank in range(len(values))]
+    axis.bar(range(len(values)), values, width=1.0, color=colours, alpha=0.8, linewidth=0)
+    axis.axhline(mean, color="black", linestyle="--", linewidth=1)
+    best = ", ".join(f"{name} {value:.0%}" for name, value in ranked[::-1][:3])
+    # Top left: the worst classes' bars are short there, so the text covers none.
+    axis.text(0.01, 0.95, f"best: {best}", transform=axis.transAxes, va="top", fontsize=8)
+    axis.set_xlim(-0.5, len(values) - 0.5)
+    axis.set_ylim(0, 1.15)  # room for the text above a bar at 100%
+    axis.set_yticks([0, 0.5, 1])
+    axis.set_ylabel("accuracy", fontsize=8)
+    axis.set_xlabel(f"all {len(values)} classes, worst to best (red: the ones named above)", fontsize=8)
+    axis.tick_params(labelsize=8)
+    axis.grid(axis="y", alpha=0.3)
+
+
 # --- Explanations --------------------------------------------------------------------
 
 def _as_uint8(image):
@@ -172,20 +203,23 @@ _DPI = 100  # save_figure's resolution: pixels per inch of a figure
 _PANEL_PIXELS = 600  # longest side kept for a picture in a 3-inch panel (twice its pixels)
 
 
-def downscale(picture, longest_side):
+def downscale(picture, longest_side=None):
     """Shrinks a picture whose longest side exceeds ``longest_side``; smaller ones are returned as they are.
 
     Area averaging (``cv2.INTER_AREA``) keeps thin structures that matplotlib's own
     resampling of a 3000 px photo into a 300 px panel would alias, and plotting the
-    small copy is faster.
+    small copy is faster. Shrinking a large original as soon as it is decoded also
+    spares what is computed at its size before plotting (a gradient stretched onto a
+    50-megapixel original is 600 MB of float32).
 
     Args:
         picture: (h, w, 3) or (h, w), uint8 or float.
-        longest_side: pixels.
+        longest_side: pixels; default the most a figure panel shows.
 
     Returns:
         The picture, of the same dtype, its aspect ratio kept.
     """
+    longest_side = longest_side or _PANEL_PIXELS
     height, width = np.shape(picture)[:2]
     if max(height, width) <= longest_side:
         return picture

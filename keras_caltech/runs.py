@@ -25,11 +25,22 @@ import json
 import os
 import pathlib
 import tempfile
+import zipfile
 
 from keras_caltech.config import load_config
 from keras_caltech.errors import UserError
 
 BEST_MODEL = "best.keras"
+STATE_FILE = "training_state.npz"  # written by training/resume.py
+LOCK_FILE = ".lock"  # written by training/lock.py
+
+
+class WriteFailed(UserError):
+    """A run folder's file could not be written (a full disk, a read-only folder).
+
+    The file's previous version, if any, is intact: :func:`replaced_atomically` renames
+    only a complete file into place.
+    """
 
 
 def _umask_file_mode():
@@ -52,9 +63,17 @@ def replaced_atomically(path):
     for writers that infer the format from it). If the block raises, the temporary file
     is deleted; if the process is killed, it stays behind, and
     :func:`remove_partial_files` deletes it before a resume.
+
+    Raises:
+        WriteFailed: the file could not be written (an OSError: a full disk, a read-only
+            folder); ``path`` keeps its previous content.
     """
     path = pathlib.Path(path)
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".tmp{path.suffix}")
+    try:
+        descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.",
+                                                 suffix=f".tmp{path.suffix}")
+    except OSError as error:
+        raise WriteFailed(f"cannot write {path}: {error.strerror}") from error
     os.close(descriptor)
     try:
         yield pathlib.Path(temporary)
@@ -62,19 +81,32 @@ def replaced_atomically(path):
             os.fsync(handle.fileno())  # on disk before the rename makes it visible
         os.chmod(temporary, FILE_MODE)
         os.replace(temporary, path)
+    except OSError as error:
+        pathlib.Path(temporary).unlink(missing_ok=True)
+        raise WriteFailed(f"cannot write {path}: {error.strerror or error}"
+                          + (" (its previous version is kept)" if path.exists() else "")) from error
     except BaseException:
         pathlib.Path(temporary).unlink(missing_ok=True)
         raise
 
 
+def partial_files(run_dir):
+    """The temporary files a killed writer left in ``run_dir`` (see :func:`replaced_atomically`)."""
+    return sorted(path for path in pathlib.Path(run_dir).glob(".*.tmp*") if path.is_file())
+
+
 def remove_partial_files(run_dir):
     """Deletes the temporary files a killed writer left in ``run_dir``; returns their names."""
-    removed = []
-    for path in pathlib.Path(run_dir).glob(".*.tmp*"):
-        if path.is_file():
-            path.unlink()
-            removed.append(path.name)
-    return sorted(removed)
+    removed = partial_files(run_dir)
+    for path in removed:
+        path.unlink()
+    return [path.name for path in removed]
+
+
+def holds_only_leftovers(path):
+    """Whether folder ``path`` holds nothing but a lock file and partial files: a run stopped before writing any."""
+    leftovers = set(partial_files(path))
+    return all(entry.name == LOCK_FILE or entry in leftovers for entry in pathlib.Path(path).iterdir())
 
 
 def write_atomically(path, text):
@@ -107,8 +139,10 @@ def create_run_folder(path, flag="--output-dir"):
     Raises:
         UserError: the folder exists and is not empty, is a file, or cannot be created.
     """
-    path = pathlib.Path(path)
-    if path.is_dir() and any(path.iterdir()):
+    path = checked_path(path, flag)
+    # A lock file alone is left by a run stopped before it wrote anything; lock.py takes
+    # it over if its process is gone, and refuses it if it is alive.
+    if path.is_dir() and not holds_only_leftovers(path):
         resume = f", or continue it with --resume {path}" if flag == "--output-dir" else ""
         raise UserError(f"run folder {path} already holds files; pick another {flag} "
                         f"(refusing to mix two runs' files){resume}")
@@ -122,7 +156,7 @@ def make_output_folder(path, flag, what="folder"):
         UserError: ``path`` is a file, or cannot be created (permissions, a read-only file
             system, a path under /proc); the message names ``flag``.
     """
-    path = pathlib.Path(path)
+    path = checked_path(path, flag)
     if path.exists() and not path.is_dir():
         raise UserError(f"{flag} {path} is a file, not a folder")
     try:
@@ -132,6 +166,56 @@ def make_output_folder(path, flag, what="folder"):
     except OSError as error:  # e.g. a read-only file system, a path under /proc, a file as a parent
         raise UserError(f"cannot create {what} {path}: {error.strerror}. Pick another {flag}")
     return path
+
+
+def checked_path(path, flag):
+    """``path`` as a Path; raises UserError naming ``flag`` if it holds a NUL byte, which no file name can."""
+    if "\0" in str(path):
+        raise UserError(f"{flag} must not contain a NUL byte. Received: {str(path)!r}")
+    return pathlib.Path(path)
+
+
+def checkpoint_damage(path):
+    """Why the ``.keras`` file ``path`` cannot be loaded, or None if it looks whole.
+
+    Reads the whole zip archive and checks every member's CRC, so a truncated or
+    overwritten checkpoint is found before it is used (about a second for 100 MB).
+
+    Returns:
+        None, "is missing", or "is damaged (...)". An unreadable file or a folder
+        returns None: ``models.loading.load_model_safely`` explains those.
+    """
+    path = pathlib.Path(path)
+    if not path.exists():
+        return "is missing"
+    if path.is_dir():
+        return None
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad_member = archive.testzip()
+    except PermissionError:
+        return None
+    except (OSError, EOFError, zipfile.BadZipFile, ValueError):
+        return f"is damaged (not a complete .keras archive: {path.stat().st_size} bytes)"
+    return None if bad_member is None else f"is damaged ({bad_member} fails its checksum)"
+
+
+def _check_model(path):
+    """Raises UserError when run folder ``path`` has no loadable ``best.keras``, saying which command fixes it."""
+    damage = checkpoint_damage(path / BEST_MODEL)
+    if damage is None:
+        return
+    resume = f"python train.py --resume {path}"
+    if (path / STATE_FILE).is_file():  # trained: the last completed epoch's weights are there
+        what = (f"run folder {path} has no {BEST_MODEL}, though it trained ({STATE_FILE} is there)"
+                if damage == "is missing" else f"{path / BEST_MODEL} {damage}")
+        raise UserError(f"{what}. Rebuild it with: {resume} (it saves the last completed epoch's weights as "
+                        f"{BEST_MODEL}; those of an earlier best epoch are lost)")
+    if damage == "is missing":
+        raise UserError(f"run folder {path} has no {BEST_MODEL}: training saved no checkpoint there (still "
+                        f"running, or stopped before its first epoch ended: continue it with {resume})")
+    raise UserError(f"{path / BEST_MODEL} {damage}, and the run has no {STATE_FILE} to rebuild it from: "
+                    f"train it again with {resume}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -206,7 +290,7 @@ def open_run(path, data=None, *, need_model=False, check_images=False, relocate=
         path: the run folder.
         data: the dataset folder, where it is no longer where the run saw it (moved, or
             the run copied to another machine); None: the folder named in splits.json.
-        need_model: the folder must hold ``best.keras`` (evaluation, explanation, export).
+        need_model: the folder must hold a whole ``best.keras`` (evaluation, explanation, export).
         check_images: every image of every split must be in the dataset folder.
         relocate: rewrite ``splits.json`` to point at ``data``, once every image is found
             there (a resume with a moved dataset); implies ``check_images``.
@@ -216,16 +300,16 @@ def open_run(path, data=None, *, need_model=False, check_images=False, relocate=
 
     Raises:
         UserError: not a folder, a file it needs is missing or damaged, ``data`` is not a
-            folder, or (as asked) ``best.keras`` or some of the images are missing.
+            folder, or (as asked) ``best.keras`` is missing or damaged or some of the
+            images are missing.
     """
-    path = pathlib.Path(path)
+    path = checked_path(path, "the run folder")
     if not path.is_dir():
         raise UserError(f"run folder not found: {path}")
     if not (path / "config.yaml").is_file():
         raise UserError(f"{path} is not a run folder (no config.yaml): pass a folder that train.py created")
-    if need_model and not (path / BEST_MODEL).is_file():
-        raise UserError(f"run folder {path} has no {BEST_MODEL}: training saved no checkpoint there "
-                        "(still running, or stopped before its first epoch ended)")
+    if need_model:
+        _check_model(path)
     splits = read_json(path / "splits.json")
     run = RunFolder(path=path, config=load_config(path / "config.yaml"),
                     class_names=read_json(path / "class_names.json"), root=pathlib.Path(splits["root"]),

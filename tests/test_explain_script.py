@@ -160,3 +160,29 @@ def test_missing_files_return_2(tmp_path, capsys, saved):
     assert capsys.readouterr().err.startswith("error: image file not found")
     assert explain.main(["--image", images[0], "--model", str(tmp_path / "none.keras")]) == 2
     assert capsys.readouterr().err.startswith("error: model file not found")
+
+
+def test_a_decompression_bomb_is_refused_from_its_header_and_a_large_original_is_shrunk(saved, tmp_path):
+    """In a subprocess under an address-space limit: without the header check the
+    38-byte WebP alone decodes to 800 MB and the PNG to 1.2 GB, and their figures to more."""
+    import os
+    import pathlib
+
+    import image_bombs
+
+    model_path, images = saved
+    bombs = {"canvas.webp": image_bombs.lossless_webp(16383, 16383), "zeros.png": image_bombs.blank_png(20000, 20000)}
+    for name, data in bombs.items():
+        (tmp_path / name).write_bytes(data)
+    large = tmp_path / "large.png"  # legal (12 megapixels): explained, its original shrunk for the figures
+    tf.io.write_file(str(large), tf.io.encode_png(np.zeros((3000, 4000, 3), np.uint8)))
+    assert read_image(large, 32).original.shape[:2] == (450, 600)
+    repo = str(pathlib.Path(__file__).resolve().parent.parent)
+    for name in bombs:
+        result = image_bombs.run_limited(
+            [f"{repo}/explain.py", "--model", str(model_path), "--image", str(tmp_path / name),
+             "--output-dir", str(tmp_path / "out")],
+            env={**os.environ, "PYTHONPATH": repo, "TF_CPP_MIN_LOG_LEVEL": "3"})
+        assert result.returncode == 2, result.stderr[-2000:]
+        assert result.stderr.strip().splitlines()[-1].startswith(f"error: {tmp_path / name}: too large ("), \
+            result.stderr[-2000:]

@@ -3,9 +3,11 @@ that imports only TensorFlow loads the SavedModel and calls every signature; its
 must equal the evaluation pipeline's, and bad images must fail loudly, never silently."""
 
 import json
+import os
 import subprocess
 import sys
 
+import image_bombs
 import keras
 import numpy as np
 import pytest
@@ -20,6 +22,7 @@ from keras_caltech.models import get_model_entry
 from keras_caltech.models.loading import load_model_safely
 
 IMAGE_SIZE = 32
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Runs in a fresh interpreter with TensorFlow alone, as a TF Serving client's code would.
 # argv: version folder, request JSON, output .npz. Writes every signature's outputs.
@@ -401,3 +404,131 @@ def test_resuming_a_finished_run_does_not_export_an_identical_version_again(expo
     assert f"already exported to {exported['version_dir'].resolve()}" in out
     assert f"SavedModel for TF Serving: {exported['version_dir'].resolve()}" in out
     assert sorted(path.name for path in exported["version_dir"].parent.iterdir()) == versions
+
+
+# Runs like CLIENT_SCRIPT (TensorFlow alone) but under an address-space limit, so an image
+# the SavedModel failed to refuse fails the test instead of exhausting the machine.
+# argv: version folder, request JSON. Prints {case: [outcome, message]}.
+HOSTILE_CLIENT_SCRIPT = r'''
+import json, sys
+import numpy as np
+import tensorflow as tf
+
+version_dir, request_path = sys.argv[1:]
+request = json.load(open(request_path))
+signatures = tf.saved_model.load(version_dir).signatures
+good = open(request["good_file"], "rb").read()
+outcomes = {}
+
+def record(case, name, **inputs):
+    try:
+        outputs = signatures[name](**inputs)
+        outcomes[f"{name}/{case}"] = ["answered", str({key: value.shape.as_list() for key, value in outputs.items()})]
+    except tf.errors.OpError as error:  # InvalidArgument is a refusal; ResourceExhausted means it was decoded
+        outcomes[f"{name}/{case}"] = [type(error).__name__, error.message]
+
+for case, path in request["files"].items():
+    for name in ("serving_default", "gradcam"):
+        record(case, name, image_bytes=tf.constant([good, open(path, "rb").read()]))
+for name in ("serving_default", "gradcam"):
+    record("empty batch", name, image_bytes=tf.zeros([0], tf.string))
+record("empty batch", "predict_images", images=tf.zeros([0, 40, 40, 3]))
+for case, value in (("nan pixel", np.nan), ("infinite pixel", np.inf)):
+    pixels = np.full((2, 40, 40, 3), 128.0, np.float32)
+    pixels[1, 7, 9, 2] = value
+    record(case, "predict_images", images=tf.constant(pixels))
+print(json.dumps(outcomes))
+'''
+
+# name -> (file made on the fly, what the served model must answer: "answered" or a message part).
+HOSTILE_FILES = {
+    "lossless webp of 16383x16383": (lambda: image_bombs.lossless_webp(16383, 16383), "limit of 50000000 pixels"),
+    "webp whose VP8X canvas is 16383x16383": (lambda: image_bombs.extended_webp(8, 8, canvas=(16383, 16383)),
+                                               "limit of 50000000 pixels"),
+    "png of 20000x20000 zeros": (lambda: image_bombs.blank_png(20000, 20000), "limit of 50000000 pixels"),
+    "gif: 8x8 screen, 12000x12000 frame": (lambda: image_bombs.gif([(8, 8)], declared={0: (12000, 12000)}),
+                                           "limit of 50000000 pixels"),
+    "gif: frames of 20000x1 and 1x20000": (lambda: image_bombs.gif([(20000, 1), (1, 20000)]),
+                                           "limit of 50000000 pixels"),
+    "gif: two 7000x7000 frames": (
+        lambda: image_bombs.gif([(8, 8), (8, 8)], declared={0: (7000, 7000), 1: (7000, 7000)}),
+        "limit of 50000000 pixels"),
+    "jpeg xl": (lambda: b"\xff\x0a" + bytes(30), "its size cannot be read from its header"),
+    "png of exactly 50000000 pixels": (lambda: image_bombs.blank_png(10000, 5000), "answered"),
+    "png of 50010000 pixels": (lambda: image_bombs.blank_png(10000, 5001), "limit of 50000000 pixels"),
+}
+
+
+@pytest.fixture(scope="module")
+def hostile_answers(exported, tmp_path_factory):
+    """What a TensorFlow-only process under an address-space limit gets for hostile requests."""
+    work = tmp_path_factory.mktemp("hostile")
+    files = {}
+    for index, (case, (make, _)) in enumerate(HOSTILE_FILES.items()):
+        files[case] = str(work / f"image{index}.jpg")  # the extension is not what the decoder goes by
+        (work / f"image{index}.jpg").write_bytes(make())
+    (work / "request.json").write_text(json.dumps({"good_file": exported["good_files"][0], "files": files}))
+    result = image_bombs.run_limited(
+        ["-c", HOSTILE_CLIENT_SCRIPT, str(exported["version_dir"]), str(work / "request.json")], cwd=work,
+        env={"PATH": "/usr/bin:/bin", "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("case", HOSTILE_FILES)
+@pytest.mark.parametrize("signature", ["serving_default", "gradcam"])
+def test_an_image_over_the_pixel_limit_fails_the_request_from_its_header_before_decoding(
+        hostile_answers, signature, case):
+    outcome, message = hostile_answers[f"{signature}/{case}"]
+    expected = HOSTILE_FILES[case][1]
+    if expected == "answered":
+        assert outcome == "answered", message
+    else:
+        assert outcome == "InvalidArgumentError" and expected in message and "image refused" in message, message
+
+
+@pytest.mark.parametrize("signature", ["serving_default", "gradcam", "predict_images"])
+def test_an_empty_request_is_refused_with_a_clear_message(hostile_answers, signature):
+    outcome, message = hostile_answers[f"{signature}/empty batch"]
+    assert outcome == "InvalidArgumentError" and "the request holds no image" in message, message
+
+
+@pytest.mark.parametrize("case", ["nan pixel", "infinite pixel"])
+def test_predict_images_refuses_pixels_that_are_not_finite(hostile_answers, case):
+    outcome, message = hostile_answers[f"predict_images/{case}"]
+    assert outcome == "InvalidArgumentError" and "every pixel must be a finite number" in message, message
+
+
+def test_predict_names_an_image_over_the_pixel_limit_without_sending_it(exported, tmp_path):
+    (tmp_path / "bomb.gif").write_bytes(image_bombs.gif([(20000, 1), (1, 20000)]))
+    (tmp_path / "xl.jpg").write_bytes(b"\xff\x0a" + bytes(30))
+    good = exported["good_files"][0]
+    model_dir = exported["base"] / "saved_models" / "tiny"
+    result = image_bombs.run_limited(  # a regression would decode the bomb: limited
+        ["-m", "keras_caltech", "predict", "--model", str(model_dir), str(tmp_path / "bomb.gif"), good,
+         str(tmp_path / "xl.jpg")], env={**os.environ, "PYTHONPATH": REPO, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert result.returncode == 2, result.stderr[-3000:]
+    err = result.stderr.strip().splitlines()
+    assert err[0] == (f"error: {tmp_path / 'bomb.gif'}: too large (20000x20000 pixels; limit 50000000 pixels, "
+                      "MAX_PIXELS in keras_caltech/data/pixel_limit.py)")
+    assert err[1].startswith(f"error: {tmp_path / 'xl.jpg'}: JPEG XL is refused") and len(err) == 2
+    assert result.stdout.splitlines()[0] == good  # the good image in between is still answered
+
+
+def test_an_export_version_beyond_int64_is_refused_in_one_line(exported, tmp_path, monkeypatch, capsys):
+    from keras_caltech.errors import UserError
+
+    run_dir, base = str(exported["run_dir"]), str(tmp_path / "saved_models")
+    assert cli.export_main([run_dir, "--base-dir", base, "--version", str(10 ** 20)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: the version must be at most 2**63 - 1"), err
+    assert not (tmp_path / "saved_models").exists()
+
+    class EmptyArchive:
+        def write_out(self, path, verbose=False):
+            pass
+
+    monkeypatch.setattr(saved_model, "build_archive", lambda model, class_names, resize_crop=0: EmptyArchive())
+    with pytest.raises(UserError, match="at most 2\\*\\*63 - 1"):
+        saved_model.export_model(None, [], tmp_path, "tiny", version=2 ** 63)
+    assert saved_model.export_model(None, [], tmp_path, "tiny", version=2 ** 63 - 1).name == str(2 ** 63 - 1)

@@ -70,6 +70,9 @@ def test_a_zero_byte_config_means_the_defaults(tmp_path):
     ("augment.translation=3", "augment.translation must be between 0 and 1"),
     ("augment.shear=-1", "augment.shear must be between 0 and 1"),
     ("augment.color_jitter=5", "augment.color_jitter must be between 0 and 1"),
+    ("train.seed=-1", "train.seed must be between 0 and 4294967295. Received: -1"),
+    ("data.split_seed=-7", "data.split_seed must be between 0 and 4294967295. Received: -7"),
+    ("data.synthetic_seed=4294967296", "data.synthetic_seed must be between 0 and 4294967295"),
     # Named choices fail before the dataset is scanned or a run folder exists.
     ("data.normalization=zscore", "unknown data.normalization 'zscore'. Valid choices: imagenet, half, dataset"),
     ("data.cache=ram", "unknown data.cache 'ram'. Valid choices: none, memory, disk"),
@@ -115,7 +118,7 @@ def test_huge_and_empty_images_are_refused_before_decoding_and_training_goes_on(
     _write_huge_images(root / "001.circle")
     reasons = {name: scan.check_image(root / "001.circle" / name) for name in ("huge.jpg", "huge.png", "zero.jpg")}
     assert reasons["huge.jpg"].startswith(f"too large (10000x10000 pixels; limit {scan.MAX_PIXELS} pixels")
-    assert "MAX_PIXELS in keras_caltech/data/scan.py" in reasons["huge.png"]
+    assert "MAX_PIXELS in keras_caltech/data/pixel_limit.py" in reasons["huge.png"]
     assert reasons["zero.jpg"] == "empty file (0 bytes)"
 
     run_dir = tmp_path / "run"

@@ -229,7 +229,7 @@ def test_a_run_of_two_phases_resumes_exactly_in_the_phase_it_stopped_in(tiny_dat
 def test_a_nan_loss_is_never_saved_as_a_resume_point_and_a_resume_names_the_same_epoch(
         tiny_dataset, tmp_path, capsys):
     run_dir = tmp_path / "run"
-    diverging = [*_args(tiny_dataset, run_dir), "--set", "train.optimizer=sgd", "--set", "train.learning_rate=inf",
+    diverging = [*_args(tiny_dataset, run_dir), "--set", "train.optimizer=sgd", "--set", "train.learning_rate=1e30",
                  "--set", "train.schedule=constant"]
     code, err = _error_of(diverging, capsys)
     assert code == 2 and "NaN or infinite in epoch 1" in err[0] and "no checkpoint was saved" in err[0]

@@ -159,3 +159,57 @@ def test_a_run_folder_inside_the_dataset_is_refused_before_it_is_made(tiny_datas
                        "--set", "data.cache_dir="]) == 2
     assert "would be inside the dataset folder" in capsys.readouterr().err
     assert not (root / "runs").exists()
+
+
+# Scans a dataset folder; prints {"kept": [...], "excluded": {path: reason}}. Run under an
+# address-space limit: a bomb the scan failed to refuse fails the test, not the machine.
+SCAN_SCRIPT = r'''
+import json, sys
+from keras_caltech.data.scan import scan_dataset
+result = scan_dataset(sys.argv[1], workers=2)
+print(json.dumps({"kept": [path for path, _ in result.files], "excluded": dict(result.excluded)}))
+'''
+
+
+def test_the_scan_refuses_decompression_bombs_of_every_format_from_their_header(tiny_dataset, tmp_path):
+    import json
+    import os
+    import shutil
+
+    import image_bombs
+
+    root = shutil.copytree(tiny_dataset, tmp_path / "data")
+    folder = root / sorted(os.listdir(root))[0]
+    bombs = {  # the decoder goes by the bytes, not the extension: a WebP named .jpg is read
+        "webp.jpg": image_bombs.lossless_webp(16383, 16383),
+        "canvas.jpg": image_bombs.extended_webp(8, 8, canvas=(16383, 16383)),
+        "zeros.png": image_bombs.blank_png(20000, 20000),
+        "screen.gif": image_bombs.gif([(8, 8)], declared={0: (12000, 12000)}),
+        "thin.gif": image_bombs.gif([(20000, 1), (1, 20000)]),
+        "frames.gif": image_bombs.gif([(8, 8), (8, 8)], declared={0: (7000, 7000), 1: (7000, 7000)}),
+    }
+    legal = {"small.jpg": image_bombs.lossless_webp(300, 200),
+             "layers.gif": image_bombs.gif([(30, 20), (10, 40)], local_table=True)}
+    for name, encoded in {**bombs, **legal, "xl.jpg": b"\xff\x0a" + bytes(30)}.items():
+        (folder / name).write_bytes(encoded)
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    result = image_bombs.run_limited(["-c", SCAN_SCRIPT, str(root)],
+                                     env={**os.environ, "PYTHONPATH": repo, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    scanned = json.loads(result.stdout.strip().splitlines()[-1])
+    excluded = {os.path.basename(path): reason for path, reason in scanned["excluded"].items()}
+    assert set(excluded) == set(bombs) | {"xl.jpg"}
+    assert all(excluded[name].startswith("too large (") for name in bombs), excluded
+    assert "MAX_PIXELS in keras_caltech/data/pixel_limit.py" in excluded["thin.gif"]
+    assert excluded["xl.jpg"].startswith("JPEG XL is refused")
+    assert {f"{folder.name}/{name}" for name in legal} <= set(scanned["kept"])
+
+
+def test_header_size_reads_every_format_tensorflow_decodes_and_gives_none_for_a_refused_image():
+    import image_bombs
+    import tensorflow as tf
+
+    assert scan.header_size(tf.constant(image_bombs.lossless_webp(300, 200))) == (300, 200)
+    assert scan.header_size(tf.constant(image_bombs.gif([(30, 2), (3, 20)]))) == (30, 20)
+    assert scan.header_size(tf.constant(image_bombs.gif([(20000, 1), (1, 20000)]))) is None
+    assert scan.header_size(tf.constant(b"not an image")) is None

@@ -98,7 +98,7 @@ def test_a_run_folder_that_holds_files_is_refused(tiny_dataset, tmp_path, capsys
 
 def test_a_loss_that_becomes_nan_stops_with_the_epoch_and_checkpoint_named(tiny_dataset, tmp_path, capsys):
     code, err = _error_of(["--data", str(tiny_dataset), "--output-dir", str(tmp_path / "r"), *TINY,
-                           "--set", "train.optimizer=sgd", "--set", "train.learning_rate=inf",
+                           "--set", "train.optimizer=sgd", "--set", "train.learning_rate=1e30",
                            "--set", "train.schedule=constant"], capsys)
     assert code == 2 and len(err) == 1
     assert "NaN or infinite in epoch 1" in err[0] and "learning_rate" in err[0]

@@ -21,6 +21,9 @@ evaluated, explained and served on the central crop of that resize, so objects k
 scale training showed them at; 10-crop testing's centre view is that same crop.
 """
 
+import concurrent.futures
+import contextlib
+import os
 import pathlib
 
 import numpy as np
@@ -28,7 +31,9 @@ import tensorflow as tf
 
 from keras_caltech.config import CACHE_MODES
 from keras_caltech.data.augment import augment_batch
+from keras_caltech.data.pixel_limit import assert_pixel_limit
 from keras_caltech.data.sampling import balanced_order
+from keras_caltech.data.scan import check_image
 from keras_caltech.errors import UserError
 
 # (mean, std) per RGB channel in 0-1 units of each of config.NORMALIZATIONS; "dataset" is computed.
@@ -39,6 +44,9 @@ NORMALIZATION_MODES = {
 }
 # Decoded images held for reshuffling a cached training split (memory: buffer x image bytes).
 CACHED_SHUFFLE_BUFFER = 4096
+# What tf.data raises when a file it reads is gone, unreadable or no longer an image.
+IMAGE_READ_ERRORS = (tf.errors.InvalidArgumentError, tf.errors.NotFoundError, tf.errors.DataLossError,
+                     tf.errors.PermissionDeniedError)
 
 
 def decode(encoded):
@@ -136,14 +144,61 @@ def read_split(paths, labels, image_size, resize_crop=0):
 
     Returns:
         An unbatched tf.data.Dataset of (image float32 (image_size, image_size, 3) RGB
-        0-255, label int32), decoded in parallel by :func:`decode_and_resize`.
+        0-255, label int32), decoded in parallel by :func:`decode_and_resize`. An image
+        over the pixel limit (data/pixel_limit.py) fails the iteration before it is
+        decoded: evaluation and explanations may read files no scan has seen (a run
+        whose dataset moved, a file replaced since); training's own reader decodes only
+        scanned files.
     """
     def load(path, label):
-        return decode_and_resize(tf.io.read_file(path), image_size, resize_crop), label
+        return decode_and_resize(assert_pixel_limit(tf.io.read_file(path)), image_size, resize_crop), label
 
     files = tf.constant([str(path) for path in paths], tf.string, shape=(len(paths),))
     dataset = tf.data.Dataset.from_tensor_slices((files, np.asarray(labels, np.int32).reshape(-1)))
     return dataset.map(load, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def first_unreadable(paths):
+    """The first of ``paths`` that no longer reads and decodes, as the scan checks it (data/scan.py).
+
+    Returns:
+        (path, reason), or None when every file is fine. Decodes in parallel, one thread
+        per core, and stops at the first failure.
+    """
+    with concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+        for path, reason in zip(paths, pool.map(check_image, paths)):
+            if reason is not None:
+                pool.shutdown(cancel_futures=True)
+                return path, reason
+    return None
+
+
+@contextlib.contextmanager
+def images_checked_on_error(paths, remedy):
+    """Turns tf.data's error for an image that changed since the scan into one that names the file.
+
+    The scan decoded every image of a run once, so a read or decode error while the
+    run's splits are read means a file changed since (deleted, overwritten, truncated).
+    tf.data's error does not say which (decoding happens inside the pipeline), so the
+    files are checked again and the first that fails is named. An error that no file
+    explains is raised unchanged. (That check decodes the files once more, a cost paid
+    only after such an error; sizes and times recorded at the scan would need a new
+    splits.json and miss a file overwritten in place with as many bytes.)
+
+    Args:
+        paths: the image files being read.
+        remedy: what to do, the end of the message (e.g. how to continue the run).
+
+    Raises:
+        UserError: "image PATH changed since the dataset was scanned (REASON): REMEDY".
+    """
+    try:
+        yield
+    except IMAGE_READ_ERRORS:
+        culprit = first_unreadable([str(path) for path in paths])
+        if culprit is None:
+            raise
+        raise UserError(f"image {culprit[0]} changed since the dataset was scanned ({culprit[1]}): {remedy}") from None
 
 
 def make_dataset(paths, labels, image_size, batch_size, *, cache="none", cache_path=None, load_size=None,

@@ -20,16 +20,13 @@ import sys
 
 import tensorflow as tf
 
+from keras_caltech.data.pixel_limit import MAX_PIXELS, ImageRefused, check_pixels  # noqa: F401 (scan.MAX_PIXELS)
 from keras_caltech.errors import UserError
 
 # The extensions image_dataset_from_directory accepts; anything else is reported, not read.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
-# Refuse images whose decoded pixels would not fit comfortably in memory. Decoding is
-# measured at about 3x the decoded size at its peak (a 10000x10000 JPEG: ~900 MB), and the
-# scan and the pipeline decode several images at once, one per core. 50 MP (about 150 MB
-# decoded) is far beyond what a classifier at 224 px can use.
-MAX_PIXELS = 50_000_000
-SCAN_CACHE_VERSION = 2  # 2: MAX_PIXELS lowered, PNG/GIF/BMP sizes checked
+# 2: MAX_PIXELS lowered, PNG/GIF/BMP sizes checked; 3: every GIF frame, WebP and JPEG XL (data/pixel_limit.py)
+SCAN_CACHE_VERSION = 3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,36 +115,35 @@ def _check_class_folders(root, folders):
 
 
 def header_size(data):
-    """(width, height) read from an encoded image's header without decoding it, or None if unknown."""
-    if tf.io.is_jpeg(data):
-        height, width, _ = tf.io.extract_jpeg_shape(data).numpy()
-        return int(width), int(height)
-    head = data.numpy()[:32]
-    if head.startswith(b"\x89PNG\r\n\x1a\n") and len(head) >= 24:
-        return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
-    if head[:6] in (b"GIF87a", b"GIF89a") and len(head) >= 10:
-        return int.from_bytes(head[6:8], "little"), int.from_bytes(head[8:10], "little")
-    if head.startswith(b"BM") and len(head) >= 26:
-        return (abs(int.from_bytes(head[18:22], "little", signed=True)),
-                abs(int.from_bytes(head[22:26], "little", signed=True)))  # negative height: top-down rows
-    return None
+    """(width, height) of an encoded image, read from its header without decoding it.
+
+    Returns None for bytes of no image format, and for an image the pixel limit refuses
+    (:func:`keras_caltech.data.pixel_limit.check_pixels`).
+    """
+    try:
+        return check_pixels(data)
+    except ImageRefused:
+        return None
 
 
 def check_image(path):
-    """Decodes one file as the pipeline will; returns None if usable, else the reason."""
+    """Decodes one file as the pipeline will, unless its header is over the pixel limit.
+
+    Returns:
+        None if usable, else the reason.
+    """
     try:
         if os.path.getsize(path) == 0:
             return "empty file (0 bytes)"
         data = tf.io.read_file(str(path))
-        size = header_size(data)  # cheap, so a huge image is refused before it is decoded
-        if size is not None and size[0] * size[1] > MAX_PIXELS:
-            return (f"too large ({size[0]}x{size[1]} pixels; limit {MAX_PIXELS} pixels, MAX_PIXELS in "
-                    "keras_caltech/data/scan.py)")
+        check_pixels(data, str(path))  # cheap, so a huge image is refused before it is decoded
         image = tf.io.decode_image(data, channels=3, expand_animations=False)
         height, width = int(image.shape[0]), int(image.shape[1])
         if height == 0 or width == 0:
             return "decodes to an empty image"
         return None
+    except ImageRefused as refused:
+        return refused.reason
     except tf.errors.PermissionDeniedError:
         return "cannot be read: permission denied"
     except tf.errors.OpError as error:

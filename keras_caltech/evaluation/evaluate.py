@@ -79,7 +79,8 @@ def evaluate_run(run_dir, tta=None, *, split="test", batch_size=None, extra=None
         ``tta[mode]`` the full metrics of every mode evaluated so far.
 
     Raises:
-        UserError: not an evaluable run folder, or test images missing.
+        UserError: not an evaluable run folder (``best.keras`` missing or damaged), or test
+            images missing or changed since the scan.
     """
     run = open_run(run_dir, data, need_model=True)
     mode = run.config.eval.tta if tta is None else tta

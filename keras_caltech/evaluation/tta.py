@@ -23,7 +23,7 @@ import pathlib
 import numpy as np
 import tensorflow as tf
 
-from keras_caltech.data.pipeline import make_dataset
+from keras_caltech.data.pipeline import images_checked_on_error, make_dataset
 from keras_caltech.models.loading import model_image_size
 
 # mode -> number of views per image, for each of config.TTA_MODES. A config's eval.tta is
@@ -166,14 +166,17 @@ def predict_with_tta(model, paths, labels, mode, *, batch_size, image_size=None,
         files: the images' paths (pathlib.Path), in the same order).
 
     Raises:
-        UserError: no ``image_size`` given, and the model's input is not a fixed square.
+        UserError: no ``image_size`` given, and the model's input is not a fixed square; or
+            an image changed since the scan (it is named).
     """
     image_size = image_size or model_image_size(model, "evaluation")
     dataset = tta_dataset(paths, labels, image_size, mode, images_per_batch(batch_size, mode), resize_crop)
     forward = tta_forward(model, mode, image_size)
     logits, seen = [], []
-    for views, batch_labels in dataset:
-        logits.append(forward(views).numpy())
-        seen.append(batch_labels.numpy())
+    with images_checked_on_error(paths, "restore it, or train a new run, which scans the dataset again and "
+                                        "leaves it out"):
+        for views, batch_labels in dataset:
+            logits.append(forward(views).numpy())
+            seen.append(batch_labels.numpy())
     files = [pathlib.Path(path) for path in dataset.file_paths]
     return np.concatenate(logits), np.concatenate(seen).astype(np.int64), files

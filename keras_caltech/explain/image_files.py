@@ -15,6 +15,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_caltech.data.pipeline import crop_window, decode, decode_and_resize
+from keras_caltech.data.pixel_limit import check_pixels
 from keras_caltech.errors import UserError
 from keras_caltech.explain.gradcam import GradCam, GradCamPlusPlus, ScoreCam
 from keras_caltech.explain.guided import GuidedBackprop, GuidedChannelBackprop, GuidedGradCam
@@ -22,7 +23,7 @@ from keras_caltech.explain.model_layers import resolve_spatial_layer
 from keras_caltech.explain.receptive_field import receptive_field
 from keras_caltech.explain.views import feature_maps, top_activating_patches
 from keras_caltech.models.loading import model_image_size
-from keras_caltech.plotting import (explanation_figure, feature_map_figure, gradient_figure,
+from keras_caltech.plotting import (downscale, explanation_figure, feature_map_figure, gradient_figure,
                                     patches_figure, prediction_title, save_figure)
 
 CAM_METHODS = {"gradcam": GradCam, "gradcam++": GradCamPlusPlus, "scorecam": ScoreCam}
@@ -69,13 +70,14 @@ def read_image(path, image_size, resize_crop=0):
     if path.stat().st_size == 0:
         raise UserError(f"image file {path} is empty (0 bytes)")
     encoded = tf.io.read_file(str(path))
+    check_pixels(encoded, str(path))  # from the header, before a decode could take gigabytes
     try:
         pixels = decode_and_resize(encoded, image_size, resize_crop).numpy()
         original = decode(encoded).numpy()  # (h, w, 3) uint8
     except tf.errors.InvalidArgumentError:
         raise UserError(f"cannot decode {path} as an image (JPEG, PNG, GIF or BMP)") from None
     x0, y0, x1, y1 = np.round(crop_window(original.shape[1], original.shape[0], image_size, resize_crop)).astype(int)
-    return ImageFile(path=path, pixels=pixels, original=original[y0:y1, x0:x1])
+    return ImageFile(path=path, pixels=pixels, original=downscale(original[y0:y1, x0:x1]))
 
 
 def _bare_name(folder_name):

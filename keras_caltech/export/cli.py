@@ -28,8 +28,9 @@ def _export(argv):
         description="Export a run's best.keras as a TF Serving SavedModel in BASE_DIR/NAME/VERSION/ "
                     "(signatures serving_default, predict_images, gradcam).")
     parser.add_argument("run_dir", help="a run folder written by train.py (runs/NAME)")
-    parser.add_argument("--version", type=int, help="integer version to write (default: the next free one); "
-                                                    "an existing version is never overwritten")
+    parser.add_argument("--version", type=int, help="integer version to write, 1 to 2**63 - 1 (TF Serving reads "
+                                                    "int64; default: the next free one); an existing version is "
+                                                    "never overwritten")
     parser.add_argument("--base-dir", default="saved_models",
                         help="folder of served models (default: saved_models)")
     parser.add_argument("--name", help="served model name (default: the run folder's name)")
@@ -49,7 +50,9 @@ def _predict(argv):
         description="Classify image files with an exported SavedModel (its serving_default signature).")
     parser.add_argument("--model", required=True,
                         help="saved_models/NAME (highest version) or saved_models/NAME/VERSION")
-    parser.add_argument("images", nargs="+", metavar="IMAGE", help="JPEG, PNG, GIF or BMP files")
+    parser.add_argument("images", nargs="+", metavar="IMAGE",
+                        help="JPEG, PNG, GIF, BMP or WebP files; one whose header declares more pixels than the "
+                             "limit is refused before decoding")
     args = parser.parse_args(argv)
     import_tensorflow_quietly()  # after the flags: --help and flag errors need no TensorFlow
     from keras_caltech.export.predict import SavedModelClassifier

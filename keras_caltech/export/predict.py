@@ -1,6 +1,8 @@
 """Classifying image files with an exported SavedModel alone (no Keras model, no run folder).
 
-This is what a client of TF Serving sees: encoded bytes go in, class names come out.
+This is what a client of TF Serving sees: encoded bytes go in, class names come out. A
+file over the pixel limit is refused here, from its header, before it is sent (the
+SavedModel refuses it too; checking here names the file and spares the request).
 """
 
 import dataclasses
@@ -8,6 +10,7 @@ import pathlib
 
 import tensorflow as tf
 
+from keras_caltech.data.pixel_limit import ImageRefused, check_pixels
 from keras_caltech.errors import UserError
 from keras_caltech.export.layout import resolve_version_dir
 
@@ -87,9 +90,13 @@ class SavedModelClassifier:
         readable = []  # (path, bytes)
         for path in map(pathlib.Path, paths):
             try:
-                readable.append((path, path.read_bytes()))
+                encoded = path.read_bytes()
+                check_pixels(encoded, str(path))  # from the header: a decompression bomb is never sent
+                readable.append((path, encoded))
             except OSError as error:
                 results[path] = Prediction(path, error=f"cannot read the file ({error.strerror})")
+            except ImageRefused as refused:
+                results[path] = Prediction(path, error=refused.reason)
         for start in range(0, len(readable), batch_size):
             batch = readable[start:start + batch_size]
             try:

@@ -4,12 +4,12 @@ The SavedModel lands in ``BASE_DIR/NAME/VERSION/`` (integer versions: TF Serving
 the highest one and ignores any other name) and answers on three signatures:
 
 ``serving_default``
-    ``image_bytes``: string (batch,), encoded JPEG, PNG, GIF (first frame) or BMP of any
-    size, grayscale or colour (and WebP, which ``tf.io.decode_image`` also reads). Outputs ``probabilities`` float32 (batch, classes),
-    ``top_k_classes`` int32 (batch, k), ``top_k_names`` string (batch, k),
-    ``top_k_scores`` float32 (batch, k); k = min(5, classes).
+    ``image_bytes``: string (batch,), encoded JPEG, PNG, GIF (first frame), BMP or WebP,
+    grayscale or colour, of at most ``MAX_PIXELS`` pixels. Outputs ``probabilities``
+    float32 (batch, classes), ``top_k_classes`` int32 (batch, k), ``top_k_names`` string
+    (batch, k), ``top_k_scores`` float32 (batch, k); k = min(5, classes).
 ``predict_images``
-    ``images``: float32 (batch, height, width, 3), RGB 0-255, any height and width.
+    ``images``: float32 (batch, height, width, 3), RGB 0-255, any height and width, finite.
     Same outputs.
 ``gradcam``
     ``image_bytes`` as above. Outputs ``class_index`` int32 (batch,), ``class_name``
@@ -21,9 +21,12 @@ the highest one and ignores any other name) and answers on three signatures:
 Inside, images are decoded and resized by ``decode_and_resize``, the function the
 evaluation pipeline's preprocessing is defined by, and normalized by the model's own
 first layer, so served answers equal evaluation's (for a run trained on random crops of
-a larger resize, the same central crop of that resize). Bytes that do not decode fail the
-whole request with InvalidArgument (TF Serving answers HTTP 400 with the message): a
-batch never comes back with a made-up answer for an unreadable image.
+a larger resize, the same central crop of that resize). Every request is refused whole
+with InvalidArgument (TF Serving answers HTTP 400 with the message), never answered with
+a made-up answer for part of it, when it holds no image, bytes that do not decode, an
+image whose header declares more than ``MAX_PIXELS`` pixels or whose size cannot be read
+from its header (read by graph ops before decoding: ``data/pixel_limit.py``; TF Serving
+runs no Python), or pixels that are NaN or infinite.
 """
 
 import os
@@ -35,6 +38,7 @@ import keras
 import tensorflow as tf
 
 from keras_caltech.data.pipeline import decode_and_resize, resize_for_model
+from keras_caltech.data.pixel_limit import assert_pixel_limit
 from keras_caltech.errors import UserError
 from keras_caltech.export.heatmap import gradcam_heatmaps, gradcam_model
 from keras_caltech.export.layout import next_version
@@ -43,6 +47,7 @@ from keras_caltech.models.loading import load_model_safely
 from keras_caltech.runs import open_run
 
 TOP_K = 5
+MAX_VERSION = 2 ** 63 - 1  # TF Serving reads versions as int64
 
 
 def build_archive(model, class_names, resize_crop=0):
@@ -72,6 +77,7 @@ def build_archive(model, class_names, resize_crop=0):
         return classify(decode_batch(image_bytes))
 
     def serve_images(images):
+        images = _checked_pixels(images)
         # The same resize as decode_and_resize, on pixels already decoded.
         return classify(resize_for_model(images, image_size, resize_crop))
 
@@ -112,16 +118,43 @@ def _check_exportable(model, class_names):
 
 
 def _batch_decoder(image_size, resize_crop):
-    """Returns ``decode_batch(image_bytes)``: string (batch,) to float32 (batch, size, size, 3) 0-255."""
+    """Returns ``decode_batch(image_bytes)``: string (batch,) to float32 (batch, size, size, 3) 0-255.
+
+    An empty batch, or an image over the pixel limit, fails with InvalidArgument before
+    anything is decoded.
+    """
     def decode_one(encoded):
-        return decode_and_resize(encoded, image_size, resize_crop)
+        return decode_and_resize(assert_pixel_limit(encoded), image_size, resize_crop)
 
     def decode_batch(image_bytes):
+        image_bytes = _non_empty(image_bytes)
         # Images of different sizes cannot share a batch before resizing: one at a time.
         return tf.map_fn(decode_one, image_bytes, fn_output_signature=tf.TensorSpec(
             (image_size, image_size, 3), tf.float32))  # (batch, size, size, 3) 0-255
 
     return decode_batch
+
+
+def _non_empty(batch):
+    """``batch`` once it holds at least one image.
+
+    An empty batch is refused rather than answered with empty outputs: the convolutions
+    fail on it with a message about filter depths, and a client that sends nothing has a
+    bug worth hearing about.
+    """
+    check = tf.debugging.assert_positive(tf.shape(batch)[0], message="the request holds no image")
+    with tf.control_dependencies([check]):
+        return tf.identity(batch)
+
+
+def _checked_pixels(images):
+    """``images`` (batch, h, w, 3) float32 once the batch holds an image and every pixel is finite.
+
+    A NaN or infinite pixel would otherwise come back as a confident, meaningless answer.
+    """
+    images = _non_empty(images)
+    return tf.debugging.assert_all_finite(
+        images, "predict_images: every pixel must be a finite number (RGB 0-255); received NaN or infinity")
 
 
 def _classifier(model, names):
@@ -150,7 +183,7 @@ def export_model(model, class_names, base_dir, name, version=None, resize_crop=0
         class_names: class names in label order.
         base_dir: the folder TF Serving's models live in, e.g. ``saved_models``.
         name: the served model's name (one folder name).
-        version: a positive integer, or None for the next free one.
+        version: a positive integer up to ``MAX_VERSION``, or None for the next free one.
         resize_crop: the run's ``augment.resize_crop`` (see :func:`build_archive`).
 
     Returns:
@@ -166,6 +199,9 @@ def export_model(model, class_names, base_dir, name, version=None, resize_crop=0
         version = next_version(model_dir)
     elif not isinstance(version, int) or isinstance(version, bool) or version < 1:
         raise UserError(f"the version must be a positive integer. Received: {version!r}")
+    if version > MAX_VERSION:
+        raise UserError(f"the version must be at most 2**63 - 1 = {MAX_VERSION} (TF Serving reads versions as int64). "
+                        f"Received: {version}")
     target = model_dir / str(version)
     if target.exists():
         raise UserError(f"{target} already exists; TF Serving versions are never overwritten. "
@@ -187,6 +223,9 @@ def export_model(model, class_names, base_dir, name, version=None, resize_crop=0
         if target.exists():  # another export took this version meanwhile
             raise UserError(f"{target} appeared while exporting; nothing was overwritten")
         os.rename(staging, target)
+    except (OSError, tf.errors.OpError) as error:  # a full disk, a folder turned read-only
+        reason = getattr(error, "strerror", None) or getattr(error, "message", None) or str(error)
+        raise UserError(f"cannot write the SavedModel to {model_dir}: {reason}") from error
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
@@ -207,7 +246,7 @@ def export_run(run_dir, base_dir="saved_models", name=None, version=None):
     Raises:
         UserError: not a run folder, an unloadable model, or see :func:`export_model`.
     """
-    run = open_run(run_dir)
+    run = open_run(run_dir, need_model=True)
     model = load_model_safely(run.model_path)
     return export_model(model, run.class_names, base_dir, name or run.path.resolve().name, version,
                         resize_crop=run.config.augment.resize_crop)

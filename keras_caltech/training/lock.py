@@ -20,8 +20,7 @@ import pathlib
 import socket
 
 from keras_caltech.errors import TrainingInterrupted, UserError
-
-LOCK_FILE = ".lock"
+from keras_caltech.runs import LOCK_FILE  # runs.py knows it too: a lone lock file is no run
 
 _held = []  # RunLocks taken during the @holds_run_folder call in progress
 
@@ -77,6 +76,7 @@ class RunLock:
                 try:
                     descriptor = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
                 except FileExistsError:
+                    self._check_not_a_folder()
                     self._check_stale()
                     self.path.unlink(missing_ok=True)  # stale: its process is gone
                     continue
@@ -86,6 +86,12 @@ class RunLock:
                     handle.write(f"{os.getpid()} {socket.gethostname()}\n")
                 self.held = True
                 return self
+
+    def _check_not_a_folder(self):
+        """Raises UserError if something other than a file (a folder) holds the lock file's name."""
+        if self.path.is_dir():
+            raise UserError(f"run folder {self.run_dir} holds a folder named {LOCK_FILE} where its lock file "
+                            f"belongs; move it away (e.g. rmdir {self.path} if it is empty) and try again")
 
     def _check_stale(self):
         """Raises UserError unless the existing lock file's owner is gone."""

@@ -30,7 +30,6 @@ under every strategy (see loop.py).
 """
 
 import contextlib
-import csv
 import dataclasses
 import json
 import pathlib
@@ -45,13 +44,16 @@ import numpy as np
 from keras_caltech.config import load_config
 from keras_caltech.data.scan import ScanResult
 from keras_caltech.errors import UserError
-from keras_caltech.runs import open_run, read_json, remove_partial_files, replaced_atomically
+from keras_caltech.runs import (BEST_MODEL, STATE_FILE, checked_path, checkpoint_damage, holds_only_leftovers,
+                                open_run, read_json, remove_partial_files, replaced_atomically)
 from keras_caltech.training.distribute import tf_config_task_index, with_worker_suffix
+from keras_caltech.training.history import HISTORY_FILE, history_value, truncate_history
 from keras_caltech.training.lock import lock_run_folder
 
-STATE_FILE = "training_state.npz"
-HISTORY_FILE = "history.csv"
 STATE_FORMAT = 1
+# The files a new run writes after config.yaml and before its first epoch, in that order
+# (trainer._new_run); a run stopped before it wrote them all is scanned and split again.
+DATA_FILES = ("class_names.json", "splits.json", "data_report.json")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,11 +117,40 @@ def _read_state_file(path, names=None):
             arrays = {name: saved[name] for name in (saved.files if names is None else names)}
         meta = json.loads(str(arrays.pop("meta")))
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
-        raise UserError(f"{path} is damaged; delete it to restart this run from epoch 1 "
-                        f"(best.keras and history.csv are kept)")
+        raise _damaged(path)
+    if not isinstance(meta, dict):
+        raise _damaged(path, "its meta is not a JSON object")
     if meta.get("format") != STATE_FORMAT:
         raise UserError(f"{path} has format {meta.get('format')!r}; this version reads format {STATE_FORMAT}")
+    problem = _meta_problem(meta)
+    if problem:
+        raise _damaged(path, problem)
     return arrays, meta
+
+
+def _damaged(path, detail=None):
+    """The UserError for a damaged or hand-edited state file, saying how to go on without it."""
+    return UserError(f"{path} is damaged{f' ({detail})' if detail else ''}; delete it to restart this run from "
+                     f"epoch 1 (best.keras and history.csv are kept)")
+
+
+def _meta_problem(meta):
+    """What is wrong in a state file's meta dict (damaged or edited by hand), or None."""
+    def is_count(value):
+        return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+    epochs, best, best_epoch = meta.get("epochs_completed"), meta.get("best"), meta.get("best_epoch")
+    if not is_count(epochs):
+        return f"epochs_completed is {epochs!r}, not a number of epochs"
+    if best is not None and (isinstance(best, bool) or not isinstance(best, (int, float))):
+        return f"best is {best!r}, not a number"
+    if best_epoch is not None and not (is_count(best_epoch) and 1 <= best_epoch <= epochs):
+        return f"best_epoch is {best_epoch!r}, not an epoch from 1 to {epochs}"
+    variables = meta.get("variables")
+    if not isinstance(variables, dict) or not all(isinstance(variables.get(group), list)
+                                                  for group in ("model", "optimizer")):
+        return "its list of saved variables is missing"
+    return None
 
 
 def completed_epochs(path):
@@ -148,10 +179,18 @@ def load_training_state(path, model):
         return None
     arrays, meta = _read_state_file(path)
     for group, variables in _state_variables(model):
-        saved = [arrays.get(f"{group}_{index:05d}") for index in range(len(meta["variables"][group]))]
+        names = [f"{group}_{index:05d}" for index in range(len(meta["variables"][group]))]
+        missing = [name for name in names if name not in arrays]
+        if missing:
+            raise _damaged(path, f"array {missing[0]} is missing")
+        saved = [arrays[name] for name in names]
+        not_numbers = [name for name, array in zip(names, saved) if array.dtype.kind not in "biuf"]
+        if not_numbers:
+            raise _damaged(path, f"array {not_numbers[0]} holds {saved[names.index(not_numbers[0])].dtype}, "
+                                 "not numbers")
         # Compared by shape, not by path: auto-generated names (seed_generator_3) depend on
         # what else the process created before.
-        if [None if array is None else array.shape for array in saved] != [tuple(v.shape) for v in variables]:
+        if [array.shape for array in saved] != [tuple(v.shape) for v in variables]:
             raise UserError(f"{path} was saved from a different {group} ({len(saved)} variables) than the one "
                             f"config.yaml builds ({len(variables)} variables); was the run folder's config edited?")
         for variable, array in zip(variables, saved):
@@ -199,7 +238,7 @@ def load_run_config(run_dir, overrides=()):
     Raises:
         UserError: not a run folder, or its config.yaml is damaged.
     """
-    run_dir = pathlib.Path(run_dir)
+    run_dir = checked_path(run_dir, "--resume")
     worker_dir = with_worker_suffix(run_dir, tf_config_task_index())
     if worker_dir.is_dir():
         run_dir = worker_dir  # a multi-worker run's worker N keeps its own folder (see distribute.py)
@@ -208,6 +247,10 @@ def load_run_config(run_dir, overrides=()):
     if not run_dir.is_dir():
         raise UserError(f"--resume expects a run folder, received a file: {run_dir}")
     config_path = run_dir / "config.yaml"
+    if not config_path.is_file() and any(run_dir.iterdir()) and holds_only_leftovers(run_dir):
+        raise UserError(f"{run_dir} holds no config.yaml: its run stopped (or is still starting) before saving "
+                        "it, so nothing was trained. Start the run again with the command that created it; "
+                        "the same --output-dir works")
     if not config_path.is_file():
         raise UserError(f"{run_dir} is not a run folder (no config.yaml); --resume takes a folder "
                         "that train.py created")
@@ -215,6 +258,19 @@ def load_run_config(run_dir, overrides=()):
         # Written atomically, so empty means damaged; an empty YAML would silently mean "defaults".
         raise UserError(f"{config_path} is empty (damaged run folder); the run cannot be resumed")
     return load_config(config_path, overrides)
+
+
+def unwritten_data_files(run_dir):
+    """The :data:`DATA_FILES` a run stopped before writing, when it trained no epoch; else [].
+
+    Such a run is started again in place: scanned and split as before (its config.yaml
+    holds the settings that were chosen from the data). A run with a training state
+    and a data file missing is damaged, not stopped: :func:`reopen_run_folder` names the file.
+    """
+    run_dir = pathlib.Path(run_dir)
+    if (run_dir / STATE_FILE).exists():
+        return []
+    return [name for name in DATA_FILES if not (run_dir / name).is_file()]
 
 
 def reopen_run_folder(run_dir, moved_data=None, log=print):
@@ -270,34 +326,30 @@ def restore_training(run_dir, model, checkpoint, log=print):
     run_dir = pathlib.Path(run_dir)
     state = load_training_state(run_dir / STATE_FILE, model) or TrainingState()
     checkpoint.best, checkpoint.best_epoch = state.best, state.best_epoch
+    truncate_history(run_dir / HISTORY_FILE, state.epochs_completed, log)
     if state.best_epoch is not None and state.best_epoch == state.epochs_completed:
         checkpoint.save()  # the restored weights are the best ones; best.keras may predate them
-    _truncate_history(run_dir / HISTORY_FILE, state.epochs_completed)
+    elif state.best_epoch is not None and checkpoint_damage(run_dir / BEST_MODEL):
+        state = _replace_lost_checkpoint(run_dir, model, checkpoint, state, log)
     log(f"resuming {run_dir} after epoch {state.epochs_completed}"
-        + (f" (best {checkpoint.monitor} {state.best:.4f} in epoch {state.best_epoch})" if state.best_epoch else ""))
+        + (f" (best {checkpoint.monitor} {state.best:.4f} in epoch {state.best_epoch})"
+           if state.best_epoch and state.best is not None else ""))
     return state.epochs_completed
 
 
-def _truncate_history(path, epochs):
-    """Keeps the complete rows of epochs 0..epochs-1 in Keras' CSVLogger file."""
-    path = pathlib.Path(path)
-    if not path.exists():
-        return
-    with open(path, newline="") as handle:
-        reader = csv.reader(handle)
-        header = next(reader, None)
-        rows = [row for row in reader if header and len(row) == len(header) and _is_epoch_below(row[0], epochs)]
-    if not rows:
-        path.unlink()  # CSVLogger starts a new file with its header
-        return
-    with replaced_atomically(path) as temporary, open(temporary, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(header)
-        writer.writerows(rows)
+def _replace_lost_checkpoint(run_dir, model, checkpoint, state, log):
+    """Saves the restored (last completed) epoch as best.keras when the best epoch's file is missing or damaged.
 
-
-def _is_epoch_below(text, epochs):
-    try:
-        return 0 <= int(text) < epochs
-    except ValueError:
-        return False
+    The best epoch's weights are gone with the file; the last completed epoch's are the
+    best that remain, and later epochs replace them only if they do better. The state
+    file is saved again to agree. Returns the new :class:`TrainingState`.
+    """
+    path = run_dir / BEST_MODEL
+    value = history_value(run_dir / HISTORY_FILE, state.epochs_completed - 1, checkpoint.monitor)
+    log(f"warning: {path} {checkpoint_damage(path)}: the weights of epoch {state.best_epoch}, the best so far, are "
+        f"lost; saving those of epoch {state.epochs_completed}, the last completed, in its place")
+    checkpoint.best, checkpoint.best_epoch = value, state.epochs_completed
+    checkpoint.save()
+    state = TrainingState(state.epochs_completed, value, state.epochs_completed)
+    save_training_state(run_dir / STATE_FILE, model, state)
+    return state

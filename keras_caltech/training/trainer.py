@@ -10,6 +10,7 @@ while it works (lock.py).
 
 import contextlib
 import dataclasses
+import errno
 import math
 import pathlib
 import sys
@@ -39,13 +40,15 @@ from keras_caltech.training.optim import make_optimizer
 from keras_caltech.training.precision import set_precision
 from keras_caltech.training.resume import (STATE_FILE, SaveTrainingState, completed_epochs, reopen_run_folder,
                                            restore_training, unwritten_data_files)
-from keras_caltech.runs import (BEST_MODEL, WriteFailed, create_run_folder, read_json, remove_partial_files,
-                                write_atomically, write_json)
+from keras_caltech.runs import (BEST_MODEL, WriteFailed, checked_path, create_run_folder, read_json,
+                                remove_partial_files, write_atomically, write_json)
 
 # Dataset statistics from a sample: enough for three means and deviations, and fast on Caltech-256.
 STATISTICS_SAMPLE_IMAGES = 2000
 # A dry run checks the schedule without scanning the data, at a typical epoch length.
 DRY_RUN_STEPS_PER_EPOCH = 100
+# Why a file of a run folder could not be written: full, over quota, read-only, too large, failing.
+_WRITE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG, errno.EIO)
 
 
 def dataset_root(data):
@@ -62,9 +65,6 @@ def dataset_root(data):
 
 def default_run_dir(config):
     """``runs/<config name>-<date>-<time>``: a new folder per run."""
-    if "\0" in config.name:
-        raise UserError(f"name must not contain a NUL byte: it names the run folder (runs/NAME-DATE-TIME). "
-                        f"Received: {config.name!r}")
     return pathlib.Path("runs") / f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
@@ -180,7 +180,7 @@ def _new_run(config, run_dir, log, in_place=False):
     here, and written into the run's config.yaml.
 
     ``in_place``: ``run_dir`` is a run stopped before it saved its data files
-    (``resume.unwritten_data_files``); they are written again, into it.
+    (``resume.unwritten_data_files``); they are written again, into it, beside its config.yaml.
 
     Returns:
         (config with its auto settings chosen, run_dir, scan, splits).
@@ -191,6 +191,7 @@ def _new_run(config, run_dir, log, in_place=False):
                         cache_dir=config.data.cache_dir, workers=config.data.scan_workers)
     class_names = scan.class_names
     config, splits = _choose_from_split(config, scan.root, scan.files, class_names, log)
+    _check_memory(config, len(class_names))
 
     if pathlib.Path(run_dir).resolve().is_relative_to(scan.root.resolve()):
         raise UserError(f"the run folder {run_dir} would be inside the dataset folder {scan.root}, where a "
@@ -198,7 +199,8 @@ def _new_run(config, run_dir, log, in_place=False):
     run_dir = pathlib.Path(run_dir) if in_place else create_run_folder(run_dir)
     lock_run_folder(run_dir)
     remove_partial_files(run_dir)
-    write_run_config(run_dir, config)
+    if not in_place:  # a stopped run's config.yaml stays as saved (a resume's --strategy is not written into it)
+        write_run_config(run_dir, config)
     write_json(run_dir / "class_names.json", class_names)
     write_json(run_dir / "splits.json", {"root": str(scan.root), **{name: splits[name] for name in SPLIT_NAMES}})
     write_json(run_dir / "data_report.json", {
@@ -242,7 +244,8 @@ def train(config, output_dir=None, *, resume=False, moved_data=None, verbose=Non
     keras.utils.set_random_seed(config.train.seed)
     if config.train.deterministic:
         tf.config.experimental.enable_op_determinism()
-    run_dir = worker_run_dir(output_dir or default_run_dir(config), strategy)
+    run_dir = worker_run_dir(checked_path(output_dir, "--output-dir") if output_dir else default_run_dir(config),
+                             strategy)
     config, run_dir, scan, splits = _open_run_folder(config, run_dir, resume, moved_data, log)
     class_names = scan.class_names
     sizes = (f"train/val = {len(splits['train'])}/{len(splits['val'])} images (train_val protocol: val "
@@ -251,8 +254,6 @@ def train(config, output_dir=None, *, resume=False, moved_data=None, verbose=Non
     log(f"{len(class_names)} classes; {sizes}; "
         f"{len(scan.excluded)} file(s) excluded (see {run_dir / 'data_report.json'})")
     files = {name: split_files(scan.root, splits[name]) for name in SPLIT_NAMES if splits[name]}
-    # Before any image is decoded at data.image_size: a size too large for memory fails now, in one line.
-    check_training_memory(build_model(config, len(class_names)), config.data.image_size, config.data.batch_size)
     with _stops_resumably(run_dir, files):
         normalization = _normalization(config, entry, files["train"], class_names, run_dir, resume, log)
 
@@ -270,7 +271,8 @@ def train(config, output_dir=None, *, resume=False, moved_data=None, verbose=Non
     with _stops_resumably(run_dir, files):
         epoch = _train_phases(runner, strategy, files, class_names, run_dir, checkpoint, nan_guard,
                               resume=resume, verbose=verbose, log=log)
-        plotting.plot_curves(run_dir / "history.csv", run_dir / "curves.png")
+        if (run_dir / "history.csv").is_file():  # none when a resume trained nothing after it was deleted
+            plotting.plot_curves(run_dir / "history.csv", run_dir / "curves.png")
     if nan_guard.stopped_epoch is not None:
         last_good = (f"the last good checkpoint is {run_dir / BEST_MODEL} (epoch {checkpoint.best_epoch})"
                      if checkpoint.best_epoch else "no checkpoint was saved before it")
@@ -291,7 +293,9 @@ def _open_run_folder(config, run_dir, resume, moved_data, log):
     if resume:
         missing = unwritten_data_files(run_dir)
         if not missing:
-            return (config, *reopen_run_folder(run_dir, moved_data, log=log))
+            run_dir, scan, splits = reopen_run_folder(run_dir, moved_data, log=log)
+            _check_memory(config, len(scan.class_names))
+            return config, run_dir, scan, splits
         log(f"{run_dir} stopped before it saved {', '.join(missing)}, so nothing was trained: "
             f"scanning and splitting the data again, into the same folder")
         if moved_data is not None:
@@ -299,6 +303,15 @@ def _open_run_folder(config, run_dir, resume, moved_data, log):
     else:
         log(recipes.describe_recipe(config))
     return _new_run(config, run_dir, log, in_place=resume)
+
+
+def _check_memory(config, num_classes):
+    """Refuses a data.image_size whose training batches cannot fit in memory (training/memory.py).
+
+    Before any image is decoded at that size, and for a new run before its folder exists.
+    """
+    check_training_memory(build_model(config, num_classes), config.data.image_size, config.data.batch_size)
+    keras.utils.set_random_seed(config.train.seed)  # the throwaway model drew from it: the run's weights stay its own
 
 
 def _normalization(config, entry, train_files, class_names, run_dir, resume, log):
@@ -334,7 +347,7 @@ def _stops_resumably(run_dir, files):
         raise UserError(f"{error}. The run stays resumable from its last completed epoch: free some space, "
                         f"then continue with: {resume}") from None
     except OSError as error:  # history.csv and the logs, appended to by Keras
-        if error.errno is None:
+        if error.errno not in _WRITE_ERRORS:
             raise
         raise UserError(f"cannot write in run folder {run_dir}: {error.strerror}. The run stays resumable from "
                         f"its last completed epoch: free some space, then continue with: {resume}") from None
