@@ -72,7 +72,7 @@ def _train_command(argv):
     args = parse_args(argv)
     import_tensorflow_quietly()
     from keras_caltech.errors import UserError
-    from keras_caltech.training import trainer
+    from keras_caltech.training.dry_run import dry_run
     from keras_caltech.training.resume import load_run_config
     from keras_caltech.workflow import train_evaluate_export
 
@@ -101,7 +101,7 @@ def _train_command(argv):
                 raise UserError(f"{config_path} is for {config.data.dataset}, not --dataset {args.dataset}")
             config = load_config(config_path, overrides + [f"data.root={download_dataset(args.dataset, DOWNLOAD_DIR)}"])
         if args.dry_run:
-            trainer.dry_run(config)
+            dry_run(config)
             return 0
         if config.data.dataset and not config.data.root:
             from keras_caltech.data.download import SOURCES

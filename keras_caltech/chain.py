@@ -17,7 +17,7 @@ import pathlib
 from keras_caltech.config import load_config
 from keras_caltech.data.download import download_dataset
 from keras_caltech.errors import TrainingInterrupted, UserError
-from keras_caltech.training import trainer
+from keras_caltech.training.dry_run import dry_run as describe_stage
 from keras_caltech.training.resume import load_run_config
 from keras_caltech.workflow import is_finished, train_evaluate_export
 
@@ -79,7 +79,7 @@ def _run_stage(path, run_dir, previous, label, overrides, download_dir, dry_run,
     """Runs one stage: skipped when finished, resumed when stopped, else started; returns its summary."""
     if dry_run:
         log(f"{label}: dry run" + (f" (would start from {previous})" if previous else ""))
-        trainer.dry_run(_stage_config(path, None, overrides, download_dir, dry_run=True), log=log)
+        describe_stage(_stage_config(path, None, overrides, download_dir, dry_run=True), log=log)
         return None
     if is_finished(run_dir):
         log(f"{label}: finished earlier in {run_dir}; not redone")

@@ -21,12 +21,11 @@ import tensorflow as tf
 import yaml
 
 from keras_caltech import plotting
-from keras_caltech.config import DATASET_CLASSES, config_to_dict
+from keras_caltech.config import config_to_dict
 from keras_caltech.data import synthetic
-from keras_caltech.data.augment import build_augmenter
 from keras_caltech.data.pipeline import (NORMALIZATION_MODES, EpochBatches, channel_statistics,
                                          images_checked_on_error, split_files)
-from keras_caltech.data.scan import IMAGE_EXTENSIONS, discover_classes, scan_dataset
+from keras_caltech.data.scan import scan_dataset
 from keras_caltech.data.splits import SPLIT_NAMES, stratified_split
 from keras_caltech.errors import UserError
 from keras_caltech.models import create_model, get_model_entry
@@ -36,7 +35,6 @@ from keras_caltech.training.distribute import make_strategy, worker_index, worke
 from keras_caltech.training.lock import lock_run_folder
 from keras_caltech.training.loop import build_training_state, fit
 from keras_caltech.training.memory import check_training_memory
-from keras_caltech.training.optim import make_optimizer
 from keras_caltech.training.precision import set_precision
 from keras_caltech.training.resume import (STATE_FILE, SaveTrainingState, completed_epochs, reopen_run_folder,
                                            restore_training, unwritten_data_files)
@@ -45,8 +43,6 @@ from keras_caltech.runs import (BEST_MODEL, WriteFailed, checked_path, create_ru
 
 # Dataset statistics from a sample: enough for three means and deviations, and fast on Caltech-256.
 STATISTICS_SAMPLE_IMAGES = 2000
-# A dry run checks the schedule without scanning the data, at a typical epoch length.
-DRY_RUN_STEPS_PER_EPOCH = 100
 # Why a file of a run folder could not be written: full, over quota, read-only, too large, failing.
 _WRITE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG, errno.EIO)
 
@@ -100,64 +96,7 @@ def build_model(config, num_classes, normalization=None, weights=None):
     return create_model(config.model.name, num_classes, config.data.image_size, weights=weights, **kwargs)
 
 
-def dry_run(config, log=print):
-    """Builds the model the config describes, prints its summary and parameter count; trains nothing.
-
-    Pretrained weights are never loaded or downloaded: the model is built with
-    ``weights=None``, which has the same layers and parameter count. Another run's
-    weights (``model.init_from``, a local file) are loaded, so a wrong path or
-    architecture fails here. The phases, augmentation, loss and schedule settings are
-    checked as training would check them.
-    """
-    entry = get_model_entry(config.model.name)
-    if config.data.dataset and not config.data.root:  # a config for a published dataset, not downloaded here
-        return _dry_run_without_data(config, entry, log)
-    root = dataset_root(config.data)
-    class_names, _ = discover_classes(root, config.data.include_classes, config.data.exclude_classes)
-    # Settings left to the data, chosen as a run chooses them, from the split of the
-    # files as listed (a dry run decodes nothing, so files a scan would refuse count).
-    files = auto.listed_files(root, class_names, IMAGE_EXTENSIONS)
-    try:
-        config, _ = _choose_from_split(config, root, files, class_names, log)
-    except UserError:  # too few images to split (a model checked on empty class folders): all of them
-        config = auto.resolve_auto(config, [root / path for path, _ in files], 0, entry, log=log)
-    return _build_and_describe(config, len(class_names), log)
-
-
-def _dry_run_without_data(config, entry, log):
-    """A dry run of a config for a published dataset (``data.dataset``) with no copy of it at hand.
-
-    The class count comes from the config: its ``include_classes``, else the dataset's
-    class folders less its ``exclude_classes``; settings left to the data take typical values.
-    """
-    data = config.data
-    total = DATASET_CLASSES[data.dataset]
-    num_classes = len(data.include_classes) or total - len(data.exclude_classes)
-    log(f"no --data: {num_classes} classes from the config ({data.dataset} has {total} class folders; "
-        f"{len(data.include_classes)} included, {len(data.exclude_classes)} excluded)")
-    return _build_and_describe(auto.stand_in(config, entry.default_image_size), num_classes, log)
-
-
-def _build_and_describe(config, num_classes, log):
-    """Builds the config's model for ``num_classes``, checks its phases, prints its summary; returns it."""
-    plan = phases.plan_phases(config)
-    build_augmenter(config.augment, config.data.image_size)
-    make_optimizer(config.train, DRY_RUN_STEPS_PER_EPOCH)
-    model = build_model(config, num_classes)
-    phases.check_fine_tune_blocks(model, config)
-    if config.model.init_from:
-        phases.initialize_from_run(model, config.model.init_from, log)
-    model.summary(print_fn=log)
-    log(f"{config.model.name}: {model.count_params():,} parameters, {num_classes} classes, "
-        f"{config.data.image_size} px input")
-    if phases.weights_argument(config) is not None:
-        log(f"model.weights={config.model.weights} not loaded: a dry run never reads or downloads weights")
-    log("phases: " + "; ".join(f"{phase.name} {phase.last_epoch - phase.first_epoch} epoch(s) at "
-                               f"{phase.image_size} px" for phase in plan))
-    return model
-
-
-def _choose_from_split(config, root, files, class_names, log):
+def choose_from_split(config, root, files, class_names, log):
     """Splits ``files`` and chooses the config's auto settings from the split; returns (config, splits)."""
     data = config.data
     splits = stratified_split(files, class_names, test_fraction=data.test_fraction, val_fraction=data.val_fraction,
@@ -190,7 +129,7 @@ def _new_run(config, run_dir, log, in_place=False):
     scan = scan_dataset(root, include=config.data.include_classes, exclude=config.data.exclude_classes,
                         cache_dir=config.data.cache_dir, workers=config.data.scan_workers)
     class_names = scan.class_names
-    config, splits = _choose_from_split(config, scan.root, scan.files, class_names, log)
+    config, splits = choose_from_split(config, scan.root, scan.files, class_names, log)
     _check_memory(config, len(class_names))
 
     if pathlib.Path(run_dir).resolve().is_relative_to(scan.root.resolve()):
