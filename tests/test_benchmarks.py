@@ -160,3 +160,64 @@ def test_the_docs_pages_hold_the_markers_their_benchmarks_write_between():
     for page, name in (("performance.md", "performance"), ("recipes.md", "recipes")):
         text = (ROOT / "docs" / page).read_text()
         assert f"<!-- {name} table: start -->" in text and f"<!-- {name} table: end -->" in text, page
+
+
+def test_the_caltech_like_tree_has_caltech_256s_shape():
+    import caltech_tree
+
+    plan = caltech_tree.tree_plan()
+    counts = [count for _, count in plan]
+    assert len(plan) == 257 and sum(counts) == 30_607
+    assert min(counts) == 80 and max(counts) == 827 and plan[-1] == ("257.clutter", 827)
+    assert ("056.dog", 101) in plan and plan[197][0] == "198.spider"
+    assert sorted(counts)[len(counts) // 2] < 120 < sorted(counts)[-20]  # a long tail: most classes small
+
+
+def test_a_small_caltech_like_tree_keeps_the_oddities_and_is_generated_once(tmp_path):
+    import caltech_tree
+
+    from keras_caltech.data.scan import scan_dataset
+
+    tree = caltech_tree.ensure_tree(tmp_path, classes=4, scale=0.02, workers=1, progress=False)
+    assert [path.name for path in sorted(tree.iterdir()) if path.is_dir()] == [
+        "001.ak47", "056.dog", "198.spider", "257.clutter"]
+    assert (tree / "056.dog" / "greg").is_dir() and not any((tree / "056.dog" / "greg").iterdir())
+    scan = scan_dataset(tree)
+    reasons = {path: reason.split(":")[0] for path, reason in scan.excluded}
+    assert reasons == {"198.spider/RENAME2": "not an image file (extension)",
+                       "001.ak47/001_0003.jpg": "cannot be decoded", "257.clutter/257_0017.jpg": "cannot be decoded"}
+    assert len(scan.files) == sum(count for _, count in caltech_tree.tree_plan(4, 0.02)) - 2
+    stamp = (tree / "001.ak47" / "001_0001.jpg").stat().st_mtime_ns
+    assert caltech_tree.ensure_tree(tmp_path, classes=4, scale=0.02, workers=1, progress=False) == tree
+    assert (tree / "001.ak47" / "001_0001.jpg").stat().st_mtime_ns == stamp  # reused, not generated again
+    (tree / caltech_tree.MARKER).write_text('{"generator_version": 0}')  # an older generator's tree
+    caltech_tree.ensure_tree(tmp_path, classes=4, scale=0.02, workers=1, progress=False)
+    assert (tree / "001.ak47" / "001_0001.jpg").stat().st_mtime_ns != stamp
+
+
+def test_the_caltech_scale_rehearsal_runs_every_phase_at_a_tiny_size(tmp_path, capsys):
+    # Wiring only: 4 classes of a few images, 32 px, batch 2, two timed steps. Nothing asserts on a speed.
+    rehearsal = load_script("caltech_scale")
+    assert rehearsal.main(["--cache-dir", str(tmp_path), "--classes", "4", "--scale", "0.02", "--models", "mycnn",
+                           "--image-size", "32", "--batch-size", "2", "--steps", "2", "--rounds", "1",
+                           "--eval-images", "10", "--eval-batches", "1", "--workers", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "by `python benchmarks/caltech_scale.py --cache-dir" in out.splitlines()[0]
+    rows = [line.split(" | ") for line in out.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    measured = {(cells[0].strip("| "), cells[1]): cells for cells in rows}
+    for phase, name in [("scan", "first scan (decodes every file), 4 classes"), ("scan", "re-scan, cached, 4 classes"),
+                        ("cache", "MyCNN 32 px: data.cache=disk, first pass (training split)"),
+                        ("train", "MyCNN 32 px, batch 2: bare step (one batch from memory, no callback)"),
+                        ("export", "MyCNN 32 px: SavedModel export")]:
+        assert measured[(phase, name)][2] != "-", (phase, name)  # a measured value
+    for cache in ("none", "disk", "memory"):  # 32 px images fit in memory: every mode is timed
+        cells = measured[("train", f"MyCNN 32 px, batch 2: whole loop, data.cache={cache}")]
+        assert cells[3].startswith("bare step: ") and cells[5].startswith(">= 0.9: ") and "GB" in cells[6]
+    for mode in ("none (1 view(s))", "10crop (10 view(s))"):
+        assert measured[("evaluate", f"MyCNN 32 px: test evaluation, TTA {mode}")][4] != "-"
+    assert not (tmp_path / "work-caltech256-like-4-classes-scale-0.02" / "mycnn" / "data_cache").exists()
+
+
+def test_the_performance_page_holds_the_caltech_scale_tables_markers():
+    text = (ROOT / "docs" / "performance.md").read_text()
+    assert "<!-- caltech_scale table: start -->" in text and "<!-- caltech_scale table: end -->" in text

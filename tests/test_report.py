@@ -108,3 +108,18 @@ def test_the_confusion_matrix_figure_draws_from_3_to_257_classes(tmp_path, num_c
     assert pixels.std() > 10  # not blank
     if num_classes == 257:
         assert min(pixels.shape) >= 1000  # at least ~4 px per class
+
+
+def test_the_per_class_table_lists_every_one_of_257_classes_worst_first_with_its_label_index():
+    from keras_caltech.evaluation.report import per_class_table
+
+    names = [f"{index + 1:03d}.class{index}" for index in range(257)]
+    rng = np.random.default_rng(0)
+    matrix = rng.integers(0, 5, (257, 257)) + np.diag(rng.integers(1, 30, 257))
+    accuracy = {name: float(matrix[index, index] / matrix[index].sum()) for index, name in enumerate(names)}
+    html = per_class_table({"confusion_matrix": matrix.tolist(), "per_class_accuracy": accuracy}, names)
+    rows = re.findall(r"<tr><td class=\"number\">(\d+)</td><td>([^<]+)</td>", html)
+    assert len(rows) == 257 and {int(index) for index, _ in rows} == set(range(257))
+    assert all(names[int(index)] == name for index, name in rows)  # the index is the matrix's label
+    shown = [accuracy[name] for _, name in rows]
+    assert shown == sorted(shown)  # worst first

@@ -22,6 +22,7 @@ import tensorflow as tf
 
 from keras_caltech.data.pixel_limit import MAX_PIXELS, ImageRefused, check_pixels  # noqa: F401 (scan.MAX_PIXELS)
 from keras_caltech.errors import UserError
+from keras_caltech.progress import ProgressLine
 
 # The extensions image_dataset_from_directory accepts; anything else is reported, not read.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
@@ -177,7 +178,7 @@ def _save_cache(cache_file, root, cache):
               "scans again. Set data.cache_dir to a folder you can write to", file=sys.stderr)
 
 
-def scan_dataset(root, *, include=(), exclude=(), cache_dir=None, workers=0):
+def scan_dataset(root, *, include=(), exclude=(), cache_dir=None, workers=0, progress=True):
     """Finds every usable image of a folder-per-class tree.
 
     Args:
@@ -185,6 +186,8 @@ def scan_dataset(root, *, include=(), exclude=(), cache_dir=None, workers=0):
         include, exclude: class selection, see :func:`discover_classes`.
         cache_dir: where per-tree scan results are cached; None disables the cache.
         workers: decoding threads; 0 means one per CPU core.
+        progress: draw a progress line on stderr while files are decoded (none when
+            the cache holds every file's verdict).
 
     Returns:
         A :class:`ScanResult`.
@@ -223,11 +226,13 @@ def scan_dataset(root, *, include=(), exclude=(), cache_dir=None, workers=0):
         else:
             to_check.append((relative, key))
     # Decoding releases the GIL inside TensorFlow ops, so threads use every core.
-    with concurrent.futures.ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:
+    with concurrent.futures.ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool, \
+            ProgressLine(f"scanning {root.name}", len(to_check), enabled=progress and bool(to_check)) as line:
         reasons = pool.map(lambda item: check_image(root / item[0]), to_check)
         for (relative, key), reason in zip(to_check, reasons):
             verdicts[relative] = reason
             cache[relative] = key + [reason]
+            line.advance()
 
     if cache_file and to_check:
         _save_cache(cache_file, root, cache)

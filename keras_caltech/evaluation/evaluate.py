@@ -35,7 +35,7 @@ class Predictions:
     files: list
 
 
-def predict_run(run, model, files, mode, batch_size=None):
+def predict_run(run, model, files, mode, batch_size=None, progress=True):
     """Returns the :class:`Predictions` of a run's ``model`` on a split's files, with TTA ``mode``.
 
     Args:
@@ -45,11 +45,12 @@ def predict_run(run, model, files, mode, batch_size=None):
         files: (paths, labels) of the images, e.g. from ``RunFolder.split_files``.
         mode: a TTA mode.
         batch_size: views per forward pass; default the run's ``data.batch_size``.
+        progress: draw a progress line on stderr (see ``tta.predict_with_tta``).
     """
     config = run.config
     paths, labels = files
     logits, labels, paths = predict_with_tta(model, paths, labels, mode, batch_size=batch_size or config.data.batch_size,
-                                             resize_crop=config.augment.resize_crop)
+                                             resize_crop=config.augment.resize_crop, progress=progress)
     return Predictions(logits=logits, labels=labels, files=paths)
 
 

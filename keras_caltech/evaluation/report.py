@@ -3,10 +3,10 @@
 The page is self-contained (``keras_caltech.html_page``): figures and thumbnails are
 inlined as base64 ``data:`` URIs and the styles sit in the page, with no script and no
 external request, so the file can be mailed, attached to an issue or opened offline.
-Sections: the config summary,
-the metrics of every TTA mode evaluated, training curves, the confusion matrix, the
-worst classes, the most-confused pairs with thumbnails of the test images behind each
-mistake, and a gallery of the run's ``explain/`` PNGs when there are any.
+Sections: the config summary, the metrics of every TTA mode evaluated, training curves,
+the confusion matrix, the worst classes (and a folded table of every class), the
+most-confused pairs with thumbnails of the test images behind each mistake, and a
+gallery of the run's ``explain/`` PNGs when there are any.
 """
 
 import pathlib
@@ -167,6 +167,31 @@ def confused_pairs_section(result, predictions, class_names, root=None):
             "</tbody></table>")
 
 
+def per_class_table(result, class_names):
+    """Every class's test images, accuracy and most frequent wrong answer, worst first, folded away.
+
+    Beyond a few dozen classes the confusion matrix's axes show label indices, not names,
+    and the figure names only the worst classes: this table maps every index to its
+    name, and is where a class of Caltech-256's 257 is looked up.
+    """
+    matrix = np.asarray(result["confusion_matrix"])  # (classes, classes): rows true, columns predicted
+    mistakes = matrix - np.diag(np.diag(matrix))
+    accuracy = result["per_class_accuracy"]
+    # Classes without test images last; then worst first, ties by name.
+    order = sorted(range(len(class_names)), key=lambda index: (accuracy[class_names[index]] is None,
+                                                               accuracy[class_names[index]] or 0.0,
+                                                               class_names[index]))
+    rows = []
+    for index in order:
+        wrong = int(mistakes[index].argmax())
+        confused = f"{class_names[wrong]} ({mistakes[index, wrong]})" if mistakes[index, wrong] else "-"
+        rows.append([index, class_names[index], int(matrix[index].sum()), _percent(accuracy[class_names[index]]),
+                     confused])
+    table = _table(["label index", "class", "test images", "accuracy", "most often taken for (images)"], rows)
+    return (f"<details><summary>All {len(class_names)} classes, worst first (label index as on the confusion "
+            f"matrix's axes)</summary>{table}</details>")
+
+
 def gallery_section(folder):
     """Every PNG under ``folder`` (e.g. a run's ``explain/``) as a gallery, or "" if none."""
     folder = pathlib.Path(folder)
@@ -279,7 +304,8 @@ _TTA_NOTE = ("<p>TTA: <b>none</b> the image at the model's size; <b>flip</b> plu
 def _analysis_sections(folder, result, predictions, class_names, mode, root):
     return [
         (f"Confusion matrix (TTA {mode})", _figure(folder / CONFUSION_MATRIX, "row-normalised confusion matrix")),
-        (f"Worst classes (TTA {mode})", _figure(folder / PER_CLASS, "accuracy of the worst classes")),
+        (f"Worst classes (TTA {mode})", _figure(folder / PER_CLASS, "accuracy of the worst classes")
+         + per_class_table(result, class_names)),
         (f"Most-confused pairs (TTA {mode})", confused_pairs_section(result, predictions, class_names, root)),
     ]
 

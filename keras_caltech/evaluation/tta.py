@@ -25,6 +25,7 @@ import tensorflow as tf
 
 from keras_caltech.data.pipeline import images_checked_on_error, make_dataset
 from keras_caltech.models.loading import model_image_size
+from keras_caltech.progress import track
 
 # mode -> number of views per image, for each of config.TTA_MODES. A config's eval.tta is
 # one of them once loaded, and the commands check --tta as they parse it.
@@ -148,7 +149,7 @@ def images_per_batch(batch_size, mode):
     return max(1, batch_size // TTA_VIEWS[mode])
 
 
-def predict_with_tta(model, paths, labels, mode, *, batch_size, image_size=None, resize_crop=0):
+def predict_with_tta(model, paths, labels, mode, *, batch_size, image_size=None, resize_crop=0, progress=True):
     """Runs ``model`` over a split's images with test-time augmentation.
 
     Args:
@@ -160,6 +161,7 @@ def predict_with_tta(model, paths, labels, mode, *, batch_size, image_size=None,
         image_size: the model's input side; default: read from the model
             (``models.loading.model_image_size``).
         resize_crop: the run config's ``augment.resize_crop``.
+        progress: draw a progress line (count, images/s, time left) on stderr.
 
     Returns:
         (logits float32 (n, classes) averaged over views, labels int64 (n,),
@@ -175,7 +177,8 @@ def predict_with_tta(model, paths, labels, mode, *, batch_size, image_size=None,
     logits, seen = [], []
     with images_checked_on_error(paths, "restore it, or train a new run, which scans the dataset again and "
                                         "leaves it out"):
-        for views, batch_labels in dataset:
+        for views, batch_labels in track(dataset, f"TTA {mode}", len(paths), size=lambda batch: len(batch[1]),
+                                         enabled=progress):
             logits.append(forward(views).numpy())
             seen.append(batch_labels.numpy())
     files = [pathlib.Path(path) for path in dataset.file_paths]

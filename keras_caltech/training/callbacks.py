@@ -5,6 +5,7 @@ import pathlib
 
 import keras
 
+from keras_caltech.progress import ProgressLine
 from keras_caltech.runs import replaced_atomically
 
 
@@ -75,3 +76,29 @@ class BestCheckpoint(keras.callbacks.Callback):
         """Writes the model to ``path`` through a temporary file."""
         with replaced_atomically(self.path) as temporary:
             self.model.save(temporary)
+
+
+class EpochProgressLines(keras.callbacks.Callback):
+    """A line every 10 seconds inside each epoch, for logs: ``verbose=2`` prints only at an epoch's end.
+
+    At Caltech-256's size an epoch takes minutes (the first, filling a disk cache, the
+    longest), long enough for a log to look stalled.
+
+    Args:
+        steps_per_epoch: batches per epoch.
+        stream: where the lines go (default stderr).
+    """
+
+    def __init__(self, steps_per_epoch, stream=None):
+        super().__init__()
+        self.steps_per_epoch, self.stream = steps_per_epoch, stream
+        self.line = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.line = ProgressLine(f"epoch {epoch + 1}", self.steps_per_epoch, unit="batches", stream=self.stream)
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.line.update(batch + 1)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.line.enabled = False  # Keras' own epoch line follows

@@ -30,7 +30,7 @@ from keras_caltech.data.splits import SPLIT_NAMES, stratified_split
 from keras_caltech.errors import UserError
 from keras_caltech.models import create_model, get_model_entry
 from keras_caltech.training import auto, phases, recipes
-from keras_caltech.training.callbacks import BestCheckpoint, StopOnNonFiniteLoss
+from keras_caltech.training.callbacks import BestCheckpoint, EpochProgressLines, StopOnNonFiniteLoss
 from keras_caltech.training.distribute import make_strategy, worker_index, worker_run_dir
 from keras_caltech.training.lock import lock_run_folder
 from keras_caltech.training.loop import build_training_state, fit
@@ -333,7 +333,8 @@ def _train_phases(runner, strategy, files, class_names, run_dir, checkpoint, nan
         # (see resume.py). A stage below the final size writes no best.keras, so its
         # training state records no best either.
         state = SaveTrainingState(run_dir / STATE_FILE, checkpoint if phase.saves_best else None, nan_guard)
-        callbacks = phases.callbacks_for(phase, [nan_guard, history_log, *tensorboard, state, checkpoint])
+        lines = [EpochProgressLines(len(train_batches))] if verbose == 2 else []
+        callbacks = phases.callbacks_for(phase, [nan_guard, history_log, *tensorboard, *lines, state, checkpoint])
         initial_epoch = max(epoch, phase.first_epoch)
         history = fit(model, strategy, train_batches, epochs=phase.last_epoch, steps_per_epoch=len(train_batches),
                       initial_epoch=initial_epoch, validation_data=val_data, callbacks=callbacks,
