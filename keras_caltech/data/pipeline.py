@@ -146,9 +146,9 @@ def read_split(paths, labels, image_size, resize_crop=0):
         An unbatched tf.data.Dataset of (image float32 (image_size, image_size, 3) RGB
         0-255, label int32), decoded in parallel by :func:`decode_and_resize`. An image
         over the pixel limit (data/pixel_limit.py) fails the iteration before it is
-        decoded: evaluation and explanations may read files no scan has seen (a run
-        whose dataset moved, a file replaced since); training's own reader decodes only
-        scanned files.
+        decoded: the scan checked every file once, but a file replaced since, or a run
+        whose dataset moved, is read unscanned. The check reads the header only (a
+        fraction of a decode's cost).
     """
     def load(path, label):
         return decode_and_resize(assert_pixel_limit(tf.io.read_file(path)), image_size, resize_crop), label
@@ -309,7 +309,8 @@ class EpochBatches:
         self.labels = np.asarray(labels, np.int32).reshape(-1)
         if not len(self.paths):
             raise UserError("the training split holds no images")
-        empty = [name for label, name in enumerate(class_names) if not np.any(self.labels == label)]
+        counts = np.bincount(self.labels, minlength=len(class_names))
+        empty = [name for name, count in zip(class_names, counts) if not count]
         if balanced and empty:
             raise UserError(f"balanced sampling needs training images of every class; "
                             f"{', '.join(empty[:5])} ha{'s' if len(empty) == 1 else 've'} none")

@@ -49,10 +49,18 @@ def balanced_order(labels, num_classes, seed):
     labels = np.asarray(labels)
     drawn_classes = rng.integers(num_classes, size=len(labels))  # (num_examples,)
     order = np.empty(len(labels), np.int64)
-    for label in range(num_classes):
-        slots = np.flatnonzero(drawn_classes == label)
-        members = np.flatnonzero(labels == label)
+    # Each class's slots and members, ascending, from one stable sort each: linear in the
+    # split's size, where a comparison per class would take classes x examples.
+    slots_by_class = _indices_by_class(drawn_classes, num_classes)
+    members_by_class = _indices_by_class(labels, num_classes)
+    for slots, members in zip(slots_by_class, members_by_class):
         passes = -(-len(slots) // len(members))
         cycle = np.concatenate([rng.permutation(members) for _ in range(passes)] or [members[:0]])
         order[slots] = cycle[:len(slots)]
     return order
+
+
+def _indices_by_class(labels, num_classes):
+    """For each class, the (ascending) indices of ``labels`` holding it."""
+    grouped = np.argsort(labels, kind="stable")
+    return np.split(grouped, np.cumsum(np.bincount(labels, minlength=num_classes))[:-1])
