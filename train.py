@@ -80,9 +80,8 @@ def _train_command(argv):
     if args.chain:
         return _chain_command(args, strategy)
     if args.resume:
-        given = [name for name in _NOT_WITH_RESUME if getattr(args, name)]
-        if given:
-            flags = ", ".join("--" + name.replace("_", "-") for name in given)
+        flags = _flags_given(args, _NOT_WITH_RESUME)
+        if flags:
             raise UserError(f"--resume continues a run with the config saved in its folder; it cannot be "
                             f"combined with {flags}. Received: --resume {args.resume} {flags}")
         config = load_run_config(args.resume, strategy)
@@ -114,13 +113,17 @@ def _train_command(argv):
     return 0
 
 
+def _flags_given(args, names):
+    """The flags among ``names`` (argparse destinations) given on the command line, as "--a, --b"; "" if none."""
+    return ", ".join("--" + name.replace("_", "-") for name in names if getattr(args, name))
+
+
 def _chain_command(args, strategy):
     from keras_caltech.chain import run_chain
     from keras_caltech.errors import UserError
 
-    given = [name for name in _NOT_WITH_CHAIN if getattr(args, name)]
-    if given:
-        flags = ", ".join("--" + name.replace("_", "-") for name in given)
+    flags = _flags_given(args, _NOT_WITH_CHAIN)
+    if flags:
         raise UserError(f"--chain trains the stage configs in its folder, which name their data and "
                         f"weights; it cannot be combined with {flags}")
     for summary in run_chain(args.chain, args.output_dir, overrides=[*args.set, *strategy],
