@@ -1,15 +1,18 @@
 """A progress line for long loops: count, total, rate and time left, on a terminal or in a log.
 
 At Caltech-256's size a scan decodes 30,607 images, a disk cache's first pass writes
-gigabytes and 10-crop testing runs ten forward passes per image: minutes each, silent
-unless something says how far along they are. :class:`ProgressLine` prints::
+gigabytes, 10-crop testing runs ten forward passes per image and the dataset's download
+is 1.2 GB: minutes each, silent unless something says how far along they are.
+:class:`ProgressLine` prints::
 
     scanning 256_ObjectCategories: 12,288/30,607 images (40%), 512 images/s, 0:35 left
+    caltech256: 52.0/1,183.0 MB (4%), 5.2 MB/s, 3:38 left
 
 On a terminal the line is redrawn in place twice a second; in a log (a stream that is
 not a terminal) a new line is written every 10 seconds, so a log of a long scan holds a
-few dozen lines, not thirty thousand, and a loop shorter than that writes none. The rate is the average since the start, which
-is steady enough for an ETA without smoothing.
+few dozen lines, not thirty thousand, and a loop shorter than that writes none (unless
+its caller asks for the final line). The rate is the average since the start, which is
+steady enough for an ETA without smoothing.
 
 Written here, not with ``tqdm``: one short class covers it, and the project has no
 dependency on ``tqdm``. Keras' ``Progbar`` draws training epochs and stays there.
@@ -29,13 +32,26 @@ def format_duration(seconds):
     return f"{hours}:{minutes:02d}:{seconds:02d}" if hours else f"{minutes}:{seconds:02d}"
 
 
+def format_count(number):
+    """``number`` whole, with thousands separators (e.g. 12288 -> "12,288", 511.6 -> "512")."""
+    return f"{number:,.0f}"
+
+
 class ProgressLine:
     """Prints the progress of a loop of ``total`` items on ``stream`` (default stderr).
 
     Args:
         label: what is being done, e.g. ``"scanning 256_ObjectCategories"``.
         total: items expected, or None when unknown (no percentage, no ETA).
-        unit: the items' name in the line ("images", "batches").
+        unit: the items' name in the line ("images", "batches", "MB").
+        format_amount: ``format_amount(number) -> str``, how a count, the total and the
+            rate read (e.g. bytes as megabytes, ``"1,183.0"``); default
+            :func:`format_count`.
+        start: items done before this run (a resumed download's kept bytes): counted
+            in the count and percentage, left out of the rate and ETA, which measure
+            this run only.
+        always_print_final: print the final line in a log even when the loop was too
+            short to print any line before it.
         enabled: False prints nothing (a quiet mode, tests).
         stream: where to write; a terminal gets a line redrawn in place.
         clock: seconds, monotonic (tests pass a fake one).
@@ -45,13 +61,15 @@ class ProgressLine:
     on leaving.
     """
 
-    def __init__(self, label, total=None, *, unit="images", enabled=True, stream=None, clock=time.monotonic):
+    def __init__(self, label, total=None, *, unit="images", format_amount=format_count, start=0,
+                 always_print_final=False, enabled=True, stream=None, clock=time.monotonic):
         self.label, self.total, self.unit, self.enabled = label, total, unit, enabled
+        self.format_amount, self.start, self.always_print_final = format_amount, start, always_print_final
         self.stream = stream or sys.stderr
         self.in_place = bool(getattr(self.stream, "isatty", lambda: False)())
         self.interval_seconds = TERMINAL_INTERVAL_SECONDS if self.in_place else LOG_INTERVAL_SECONDS
         self.clock = clock
-        self.count = 0
+        self.count = start
         self.start_time = self.last_print_time = clock()
         self._last_width = 0
         self._printed = False
@@ -59,12 +77,13 @@ class ProgressLine:
     def text(self, count=None):
         """The progress line for ``count`` items done (default: the count so far)."""
         count = self.count if count is None else count
+        amount = self.format_amount
         elapsed = self.clock() - self.start_time
-        rate = count / elapsed if elapsed > 0 else 0.0
-        done = f"{count:,}/{self.total:,} {self.unit}" if self.total else f"{count:,} {self.unit}"
+        rate = (count - self.start) / elapsed if elapsed > 0 else 0.0
+        done = f"{amount(count)}/{amount(self.total)} {self.unit}" if self.total else f"{amount(count)} {self.unit}"
         if self.total:
             done += f" ({100 * count // self.total}%)"
-        line = f"{self.label}: {done}, {rate:,.0f} {self.unit}/s" if rate else f"{self.label}: {done}"
+        line = f"{self.label}: {done}, {amount(rate)} {self.unit}/s" if rate else f"{self.label}: {done}"
         if self.total and rate and count < self.total:
             line += f", {format_duration((self.total - count) / rate)} left"
         elif self.total and count >= self.total:
@@ -84,10 +103,10 @@ class ProgressLine:
         self.update(self.count + amount)
 
     def finish(self, count=None):
-        """Prints the final line and ends it; in a log, only after earlier lines (a short loop stays silent)."""
+        """Prints the final line and ends it; in a log, only after earlier lines or if always_print_final."""
         if count is not None:
             self.count = count
-        if self.enabled and (self.in_place or self._printed):
+        if self.enabled and (self.in_place or self._printed or self.always_print_final):
             self._write(end="\n")
         self.enabled = False  # a second finish (the with block's) prints nothing
 
@@ -118,7 +137,8 @@ def track(iterable, label, total=None, *, size=None, **options):
             when it has one.
         size: ``size(item) -> int``, the items each one counts for (e.g. the images of
             a batch: ``lambda batch: len(batch[1])``); default 1.
-        options: more :class:`ProgressLine` arguments (unit, enabled, stream, clock).
+        options: more :class:`ProgressLine` keyword arguments (unit, enabled, stream,
+            clock, ...).
 
     The line is finished when the loop ends, is broken out of, or raises.
     """

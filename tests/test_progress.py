@@ -79,6 +79,40 @@ def test_a_disabled_or_short_line_prints_nothing_in_a_log_and_a_second_finish_pr
     assert terminal.getvalue().count("\n") == 1
 
 
+def megabytes(byte_count):
+    return f"{byte_count / 1e6:,.1f}"
+
+
+def test_amounts_can_read_in_other_units_such_as_megabytes_from_bytes():
+    clock = FakeClock()
+    progress = ProgressLine("caltech256", 1_183_000_000, unit="MB", format_amount=megabytes,
+                            stream=io.StringIO(), clock=clock)
+    clock.now += 10
+    assert progress.text(52_000_000) == "caltech256: 52.0/1,183.0 MB (4%), 5.2 MB/s, 3:38 left"
+
+
+def test_a_resumed_start_counts_toward_the_amount_done_but_not_toward_the_rate_or_time_left():
+    clock = FakeClock()
+    progress = ProgressLine("resuming", 1_000, start=600, stream=io.StringIO(), clock=clock)
+    clock.now += 10
+    assert progress.text() == "resuming: 600/1,000 images (60%)"  # nothing new yet: no rate
+    progress.advance(200)  # counted on from the start
+    # 200 new items in 10 s: 20/s and 200 left, not 80/s from counting the 600 kept ones.
+    assert progress.text() == "resuming: 800/1,000 images (80%), 20 images/s, 0:10 left"
+
+
+def test_a_log_gets_the_final_line_of_a_short_loop_when_asked_and_only_once():
+    clock, log = FakeClock(), io.StringIO()
+    with ProgressLine("downloading", 3, always_print_final=True, stream=log, clock=clock) as progress:
+        clock.now += 1
+        progress.update(3)  # under ten seconds: no periodic line
+        progress.finish()
+    assert log.getvalue() == "downloading: 3/3 images (100%), 3 images/s, took 0:01\n"
+    quiet = ProgressLine("off", 3, always_print_final=True, enabled=False, stream=log, clock=clock)
+    quiet.finish(3)
+    assert log.getvalue().count("\n") == 1  # enabled=False still wins
+
+
 def test_track_yields_every_item_and_counts_each_by_its_size():
     terminal = Terminal()
     batches = [[1, 2, 3], [4, 5], [6]]
@@ -93,7 +127,6 @@ def test_track_finishes_the_line_when_the_loop_is_left_early():
             break  # the generator is closed here, which finishes its line
     # An item counts once the loop's body is done with it: items 0-2.
     assert terminal.getvalue() == "\rearly: 3/10 images (30%)\n"
-
 
 
 @pytest.mark.parametrize("seconds, text", [(0, "0:00"), (75, "1:15"), (3725, "1:02:05"), (59.6, "1:00")])

@@ -8,8 +8,9 @@ ImageNet and CIFAR-100 do not extract to such a tree, so a converter
 survives an interruption:
 
 1. The archive downloads to ``<dest>/<file>.part``; a rerun resumes it with an HTTP
-   ``Range`` request where the server allows (else starts over). Its md5 is computed while
-   it streams, and only a matching file is renamed to ``<dest>/<file>``.
+   ``Range`` request where the server allows, else starts over
+   (:mod:`keras_caltech.data.fetch`). Its md5 is computed while it streams, and only a
+   matching file is renamed to ``<dest>/<file>``.
 2. It is extracted into ``<dest>/<name>.extracting/`` (a leftover one from an interrupted
    run is deleted first), and converted there if the dataset needs it. A ``.complete``
    marker is written into the dataset folder last, then the folder is renamed into place,
@@ -23,33 +24,22 @@ bring the same bytes. If extraction or conversion fails (a full disk, a member r
 as unsafe, contents the converter refuses), the extraction folder is deleted and the
 archive kept for the rerun. A full disk during the download keeps the ``.part`` file to
 resume; every full disk is reported with the space needed and the space free.
-
-The download uses only the Python standard library (urllib, hashlib): a dependency such
-as ``requests`` or ``tqdm`` would buy little for one streaming GET.
 """
 
 import collections.abc
 import dataclasses
 import difflib
-import hashlib
-import http.client
 import os
 import pathlib
 import shutil
-import sys
-import time
-import urllib.error
-import urllib.request
 
-from keras_caltech import __version__
 from keras_caltech.data.archives import (DISK_FULL_ERRNOS, DiskFullError, disk_full_message,
                                          extract_archive, size_text)
 from keras_caltech.data.converters import cifar100_to_class_folders, tiny_imagenet_to_class_folders
+from keras_caltech.data.fetch import fetch, md5_of_file
 from keras_caltech.errors import UserError
 
 COMPLETE_MARKER = ".complete"
-_CHUNK_BYTES = 1 << 20
-_TIMEOUT_SECONDS = 60  # per socket operation, not for the whole download
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,7 +131,8 @@ def download_dataset(name, dest_dir, *, url=None, progress=True):
             if missing.
         url: download from this address (a mirror) instead of the official one; the
             file must still match the official md5.
-        progress: print a progress line (bytes, %, MB/s) on stderr while downloading.
+        progress: print a progress line (megabytes, %, MB/s, time left) on stderr while
+            downloading.
 
     Returns:
         The folder-per-class root, ``dest_dir / SOURCES[name].root_name``, e.g.
@@ -185,12 +176,11 @@ def download_dataset(name, dest_dir, *, url=None, progress=True):
     manual_route = _manual_route(source, dest_dir)
     if archive_path.is_file():
         # Renamed into place only after its md5 matched, but a copied-in file was not.
-        _verify_md5(archive_path, _md5_of_file(archive_path), source,
+        _verify_md5(archive_path, md5_of_file(archive_path), source,
                     origin=f"{archive_path} (found in the download folder)", manual_route=manual_route)
     else:
         part_path = dest_dir / (source.filename + ".part")
-        received_md5 = _download(url, part_path, label=name, progress=progress,
-                                 manual_route=manual_route)
+        received_md5 = fetch(url, part_path, label=name, progress=progress, manual_route=manual_route)
         _verify_md5(part_path, received_md5, source, origin=url, manual_route=manual_route)
         os.replace(part_path, archive_path)
 
@@ -296,106 +286,6 @@ def _kept_archive_error(source, archive_path, work_dir, error, extracted_bytes):
                      "downloading.")
 
 
-def _download(url, part_path, *, label, progress, manual_route):
-    """Downloads ``url`` into ``part_path``, resuming a partial file where the server allows.
-
-    Args:
-        url: the address to fetch.
-        part_path: the partial file; appended to when the server honours ``Range``.
-        label: dataset name shown on the progress line.
-        progress: whether to print the progress line.
-        manual_route: how to get the file without this download, for error messages
-            (see :func:`_manual_route`).
-
-    Returns:
-        The md5 (hex) of the complete file at ``part_path``.
-
-    Raises:
-        UserError: the server could not be reached, answered with an error, or closed
-            the connection early, or the disk filled up (the partial file is kept for
-            the next run to resume).
-    """
-    offset = part_path.stat().st_size if part_path.is_file() else 0
-    request = urllib.request.Request(url, headers={"User-Agent": f"keras_caltech/{__version__}"})
-    if offset:
-        request.add_header("Range", f"bytes={offset}-")
-    try:
-        response = urllib.request.urlopen(request, timeout=_TIMEOUT_SECONDS)
-    except urllib.error.HTTPError as error:
-        if error.code == 416 and offset:
-            # "Range not satisfiable": the previous run got every byte but stopped before
-            # the rename. The md5 check decides whether the file is whole.
-            return _md5_of_file(part_path)
-        raise _network_error(url, f"HTTP {error.code} {error.reason}", manual_route) from error
-    except (urllib.error.URLError, OSError, http.client.HTTPException) as error:
-        raise _network_error(url, getattr(error, "reason", error), manual_route) from error
-
-    with response:
-        resumed = bool(offset) and response.status == 206 and _range_start(response) == offset
-        if resumed:
-            digest = _md5_of_file(part_path, as_hash=True)  # continue over the kept bytes
-        else:
-            offset = 0  # the server ignored Range and sends the whole file: start over
-            digest = hashlib.md5(usedforsecurity=False)
-        length = response.headers.get("Content-Length")
-        total_bytes = offset + int(length) if length and length.isdigit() else None
-        meter = _ProgressLine(label, total_bytes, offset, enabled=progress)
-        received = offset
-        try:
-            with open(part_path, "ab" if resumed else "wb") as part_file:
-                while chunk := response.read(_CHUNK_BYTES):
-                    part_file.write(chunk)
-                    digest.update(chunk)
-                    received += len(chunk)
-                    meter.update(received)
-        except (OSError, http.client.HTTPException) as error:
-            meter.finish(received)
-            if isinstance(error, OSError) and error.errno in DISK_FULL_ERRNOS:  # the write, not the socket
-                raise _part_disk_full_error(part_path, error, total_bytes) from error
-            raise _network_error(
-                url, f"{error} after {received} bytes; run again to resume", manual_route) from error
-        meter.finish(received)
-    if total_bytes is not None and received != total_bytes:
-        raise _network_error(
-            url, f"the connection closed after {received} of {total_bytes} bytes; "
-                 "run again to resume", manual_route)
-    return digest.hexdigest()
-
-
-def _part_disk_full_error(part_path, error, total_bytes):
-    """Returns the UserError for a download stopped by a full disk; the ``.part`` file stays.
-
-    Args:
-        part_path: the partial file; what it holds is what a rerun resumes from.
-        error: the ``OSError`` (errno ``ENOSPC`` or ``EDQUOT``) from writing it.
-        total_bytes: the whole file's size, or None when the server did not send it.
-    """
-    kept_bytes = part_path.stat().st_size  # may end part-way through the failed chunk
-    if total_bytes is None:
-        needed = "more space (the server did not say how much)"
-    else:
-        needed = f"{size_text(total_bytes - kept_bytes)} more, {size_text(total_bytes)} in all"
-    message = disk_full_message(part_path.parent, f"download {part_path.name.removesuffix('.part')}",
-                                needed, error)
-    return UserError(f"{message} The {size_text(kept_bytes)} received are kept in {part_path}: "
-                     "free some space and run again to resume the download.")
-
-
-def _range_start(response):
-    """Returns the first byte offset of a 206 response's ``Content-Range``, or None."""
-    content_range = response.headers.get("Content-Range", "")  # "bytes 100-199/200"
-    unit, _, span = content_range.partition(" ")
-    start = span.split("-", 1)[0]
-    return int(start) if unit == "bytes" and start.isdigit() else None
-
-
-def _network_error(url, reason, manual_route):
-    """Returns the UserError for a failed download, with the manual-download route."""
-    return UserError(
-        f"could not download {url}: {reason}. Check the connection and run again, or "
-        f"{manual_route}.")
-
-
 def _manual_route(source, dest_dir):
     """Returns how to get the dataset without this download, right for its format.
 
@@ -415,15 +305,6 @@ def _data_route(source, joiner):
     return f"{joiner}extract {source.filename} yourself and pass its {source.archive_root} folder with --data"
 
 
-def _md5_of_file(path, *, as_hash=False):
-    """Returns the md5 of a file (hex, or the hashlib object to continue feeding)."""
-    digest = hashlib.md5(usedforsecurity=False)  # an integrity check, not security
-    with open(path, "rb") as file:
-        while chunk := file.read(_CHUNK_BYTES):
-            digest.update(chunk)
-    return digest if as_hash else digest.hexdigest()
-
-
 def _verify_md5(path, received_md5, source, *, origin, manual_route):
     """Deletes ``path`` and raises UserError unless ``received_md5`` is the source's md5.
 
@@ -441,58 +322,3 @@ def _verify_md5(path, received_md5, source, *, origin, manual_route):
         f"checksum mismatch for {source.filename} from {origin}: expected md5 {source.md5}, "
         f"received md5 {received_md5}. The file was deleted. Run again to download it "
         f"afresh; if it keeps failing, {manual_route}.")
-
-
-class _ProgressLine:
-    """Prints ``label: 12.3/1183.0 MB (1%) 5.2 MB/s`` on stderr while a download runs.
-
-    On a terminal the line is redrawn in place twice a second; in a log file (not a
-    terminal) a new line is written every 10 seconds, so logs stay readable.
-    """
-
-    def __init__(self, label, total_bytes, start_bytes, *, enabled, stream=None):
-        self.label = label
-        self.total_bytes = total_bytes
-        self.start_bytes = start_bytes  # resumed bytes do not count toward the speed
-        self.enabled = enabled
-        self.stream = stream or sys.stderr
-        self.in_place = self.stream.isatty()
-        self.interval_seconds = 0.5 if self.in_place else 10.0
-        self.start_time = time.monotonic()
-        self.last_print_time = self.start_time
-        self.last_width = 0
-
-    def text(self, received_bytes):
-        """Returns the progress line for ``received_bytes`` received so far."""
-        megabyte = 1e6
-        elapsed = max(time.monotonic() - self.start_time, 1e-6)
-        speed = (received_bytes - self.start_bytes) / megabyte / elapsed
-        if self.total_bytes:
-            percent = 100 * received_bytes // self.total_bytes
-            amount = (f"{received_bytes / megabyte:.1f}/{self.total_bytes / megabyte:.1f} MB "
-                      f"({percent}%)")
-        else:
-            amount = f"{received_bytes / megabyte:.1f} MB"
-        return f"{self.label}: {amount} {speed:.1f} MB/s"
-
-    def update(self, received_bytes):
-        """Prints the line if the print interval has passed."""
-        now = time.monotonic()
-        if self.enabled and now - self.last_print_time >= self.interval_seconds:
-            self.last_print_time = now
-            self._write(received_bytes, end="")
-
-    def finish(self, received_bytes):
-        """Prints the final line and ends it."""
-        if self.enabled:
-            self._write(received_bytes, end="\n")
-
-    def _write(self, received_bytes, end):
-        if self.in_place:
-            line = self.text(received_bytes)
-            # Pad over the previous line's tail, which a shorter line would leave visible.
-            self.stream.write(f"\r{line.ljust(self.last_width)}{end}")
-            self.last_width = len(line)
-        else:
-            self.stream.write(f"{self.text(received_bytes)}\n")
-        self.stream.flush()
