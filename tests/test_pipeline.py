@@ -8,7 +8,7 @@ import tensorflow as tf
 
 from keras_caltech.config import AugmentConfig
 from keras_caltech.data import pipeline, scan
-from keras_caltech.data.augment import augment_batch, build_augmenter, load_size
+from keras_caltech.data.augment import RandomGeometry, augment_batch, build_augmenter, load_size
 from keras_caltech.data.splits import stratified_split
 
 
@@ -177,3 +177,40 @@ def test_flip_is_horizontal_only_and_no_augmentation_means_none():
     assert any(np.array_equal(out, ramp[:, :, ::-1]) for out in flipped)  # some are mirrored
     assert all(np.array_equal(out, ramp) or np.array_equal(out, ramp[:, :, ::-1]) for out in flipped)
     assert build_augmenter(AugmentConfig(horizontal_flip=False), 16) is None
+
+
+def _ramps(side):
+    """(1, side, side, 3) channels x, y and x + y: bilinear sampling of them is exact, so they read off a warp."""
+    rows, columns = np.mgrid[0:side, 0:side].astype(np.float32)
+    return np.stack([columns, rows, columns + rows], axis=-1)[None]
+
+
+def test_one_geometry_warp_equals_keras_rotation_translation_and_zoom_in_turn():
+    images = _ramps(65)
+    keras_layers = keras.Sequential([keras.layers.RandomRotation((0.05, 0.05)),
+                                     keras.layers.RandomTranslation((0.1, 0.1), (-0.05, -0.05)),
+                                     keras.layers.RandomZoom((-0.2, -0.2))])
+    expected = keras_layers(images, training=True).numpy()
+    # draws in [-1, 1] scale each range: a full rotation draw, shifts -0.05 and 0.1 of the side, zoom 0.8
+    geometry = RandomGeometry(rotation=0.05, translation=1.0, zoom=0.2)
+    received = geometry.warp(tf.constant(images), tf.constant([[1.0, -0.05, 0.1, -1.0, 0.0, 0.0]])).numpy()
+    inside = slice(20, 45)  # away from the border, where three reflections differ from one
+    np.testing.assert_allclose(received[0, inside, inside], expected[0, inside, inside], atol=1e-3)
+    assert not np.allclose(received, images)
+
+
+def test_geometry_shears_about_the_centre():
+    images = _ramps(33)
+    received = RandomGeometry(shear=0.5).warp(tf.constant(images), tf.constant([[0.0, 0.0, 0.0, 0.0, 1.0, 0.0]]))
+    rows, columns = np.mgrid[0:33, 0:33].astype(np.float32)
+    inside = (slice(12, 21), slice(12, 21))
+    # each output pixel samples the input at x + 0.5 (y - 16): the centre row stays put
+    np.testing.assert_allclose(received.numpy()[0, ..., 0][inside], (columns + 0.5 * (rows - 16))[inside], atol=1e-3)
+    np.testing.assert_allclose(received.numpy()[0, ..., 1][inside], rows[inside], atol=1e-3)
+
+
+def test_rotation_translation_zoom_and_shear_are_one_layer_of_the_augmenter():
+    augmenter = build_augmenter(ALL_AUGMENTATIONS, 32, seed=1)
+    names = [layer.name for layer in augmenter.layers]
+    assert names.count("geometry") == 1
+    assert not {"rotation", "translation", "zoom", "shear"} & set(names)

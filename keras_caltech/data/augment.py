@@ -5,6 +5,8 @@ model, so evaluation and the exported serving graph cannot contain it. Its rando
 is keyed per batch (:func:`augment_batch`), so a resumed run replays it exactly.
 """
 
+import math
+
 import keras
 import tensorflow as tf
 
@@ -35,17 +37,9 @@ def build_augmenter(augment, image_size, seed=0):
         steps.append(keras.layers.RandomCrop(image_size, image_size, seed=seed + 1, name="random_crop"))
     if augment.horizontal_flip:
         steps.append(keras.layers.RandomFlip("horizontal", seed=seed + 2, name="flip"))
-    if augment.rotation:
-        steps.append(keras.layers.RandomRotation(augment.rotation, fill_mode="reflect", seed=seed + 3,
-                                                 name="rotation"))
-    if augment.translation:
-        steps.append(keras.layers.RandomTranslation(augment.translation, augment.translation,
-                                                    fill_mode="reflect", seed=seed + 4, name="translation"))
-    if augment.zoom:
-        steps.append(keras.layers.RandomZoom(augment.zoom, fill_mode="reflect", seed=seed + 5, name="zoom"))
-    if augment.shear:
-        steps.append(keras.layers.RandomShear(augment.shear, augment.shear, fill_mode="reflect",
-                                              seed=seed + 6, name="shear"))
+    if augment.rotation or augment.translation or augment.zoom or augment.shear:
+        steps.append(RandomGeometry(augment.rotation, augment.translation, augment.zoom, augment.shear,
+                                    seed=seed + 3, name="geometry"))
     if augment.color_jitter:
         factor = augment.color_jitter
         steps.append(keras.layers.RandomBrightness(factor, value_range=(0, 255), seed=seed + 7,
@@ -74,6 +68,69 @@ def build_augmenter(augment, image_size, seed=0):
     if not steps:
         return None
     return keras.Sequential(steps, name="augment")
+
+
+class RandomGeometry(keras.layers.Layer):
+    """Random rotation, translation, zoom and shear as one resampling per image.
+
+    Keras has a layer per warp (RandomRotation, RandomTranslation, RandomZoom,
+    RandomShear), and each resamples the whole batch: three warps cost three times one
+    (0.8 ms per 128 px image each on one CPU core, the largest cost of the input
+    pipeline). Their matrices compose exactly, so this layer multiplies them and warps
+    once, which also blurs less (one bilinear interpolation, not three) and reflects the
+    original image at the border rather than an already reflected one.
+
+    The draws, per image, uniform over the ranges (``0`` turns one off), with the
+    ranges meaning what the Keras layers' single-number factors mean:
+      - angle in [-rotation, rotation] of a full turn;
+      - shift in [-translation, translation] of the side, vertical and horizontal apart;
+      - scale in [1 - zoom, 1 + zoom], the same on both axes (above 1 zooms out);
+      - shear in [-shear, shear], horizontal and vertical apart, about the centre (Keras'
+        RandomShear shears about the top-left corner, which also shifts the image).
+
+    Randomness comes from one ``keras.random.SeedGenerator``, so
+    :func:`keyed_randomness` keys it like the Keras layers'.
+    """
+
+    def __init__(self, rotation=0.0, translation=0.0, zoom=0.0, shear=0.0, seed=None, **kwargs):
+        super().__init__(**kwargs)
+        self.rotation, self.translation, self.zoom, self.shear = rotation, translation, zoom, shear
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def call(self, images, training=True):
+        if not training:
+            return images
+        draws = keras.random.uniform((tf.shape(images)[0], 6), -1.0, 1.0, seed=self.seed_generator)
+        return self.warp(images, draws)
+
+    def warp(self, images, draws):
+        """Warps ``images`` (batch, h, w, channels) by the transforms that ``draws`` (batch, 6), in [-1, 1], select."""
+        height, width = tf.cast(tf.shape(images)[1], tf.float32), tf.cast(tf.shape(images)[2], tf.float32)
+        angle = draws[:, 0] * self.rotation * 2 * math.pi
+        shift_x, shift_y = draws[:, 1] * self.translation * width, draws[:, 2] * self.translation * height
+        scale = 1.0 + draws[:, 3] * self.zoom
+        shear_x, shear_y = draws[:, 4] * self.shear, draws[:, 5] * self.shear
+        # Each warp maps an output pixel to the input pixel it samples, about the centre
+        # c: q -> R (scale * S q - shift) for q = p - c, with the rotation R as Keras'
+        # and the shear S = [[1, shear_x], [shear_y, 1]]; so A = scale * R S below.
+        cos, sin = tf.cos(angle), tf.sin(angle)
+        a00, a01 = scale * (cos - sin * shear_y), scale * (cos * shear_x - sin)
+        a10, a11 = scale * (sin + cos * shear_y), scale * (sin * shear_x + cos)
+        rotated_shift_x, rotated_shift_y = cos * shift_x - sin * shift_y, sin * shift_x + cos * shift_y
+        centre_x, centre_y = (width - 1) / 2, (height - 1) / 2
+        offset_x = centre_x - a00 * centre_x - a01 * centre_y - rotated_shift_x
+        offset_y = centre_y - a10 * centre_x - a11 * centre_y - rotated_shift_y
+        zeros = tf.zeros_like(angle)
+        transforms = tf.stack([a00, a01, offset_x, a10, a11, offset_y, zeros, zeros], axis=1)  # (batch, 8)
+        return keras.ops.image.affine_transform(images, transforms, interpolation="bilinear", fill_mode="reflect")
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "rotation": self.rotation, "translation": self.translation,
+                "zoom": self.zoom, "shear": self.shear, "seed": self.seed}
 
 
 def load_size(augment, image_size):
