@@ -58,7 +58,7 @@ class DataConfig:
     test_per_class: int = 0  # >0: at most N test images per class (the rest unused), as some reports tested
     split_seed: int = 0
     normalization: str = "dataset"  # dataset | imagenet | half
-    cache: str = "none"  # none | memory | disk | auto (memory when it fits): cache decoded, resized images
+    cache: str = "none"  # none | memory | disk | auto (memory when it fits, else disk): decoded, resized images
     scan_workers: int = 0  # threads for the corrupt-file scan; 0 = one per CPU core
     # Draw every class equally often in training (oversampling the rare ones; Caltech-256
     # has 80 to 827 images per class). An epoch still holds as many images as the split;

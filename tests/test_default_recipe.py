@@ -9,6 +9,7 @@ import yaml
 
 import train
 from keras_caltech.config import config_to_dict, load_config
+from keras_caltech.data import pipeline
 from keras_caltech.errors import UserError
 from keras_caltech.models import create_model
 from keras_caltech.models.blocks import BATCH_NORM_MOMENTUM
@@ -64,10 +65,36 @@ def test_auto_epochs_aim_at_a_number_of_steps_within_bounds(num_images, batch_si
     assert auto.auto_epochs(num_images, batch_size)[0] == expected
 
 
-def test_the_auto_cache_holds_images_in_memory_only_when_they_fit():
-    assert auto.auto_cache(1000, 64)[0] == "memory"  # 47 MiB of float32 images
-    mode, why = auto.auto_cache(30000, 224)  # 16.8 GiB
-    assert mode == "none" and "data.cache=disk" in why
+def test_the_auto_cache_is_memory_when_it_fits_else_disk_when_half_the_free_space_holds_it():
+    gigabyte = 1024**3
+    assert auto.auto_cache(1000, 64, free_disk_bytes=0)[0] == "memory"  # 47 MiB of float32 images
+    mode, why = auto.auto_cache(30000, 224, free_disk_bytes=40 * gigabyte)  # 16.8 GiB
+    assert mode == "disk" and "16.8 GB of decoded images" in why and "40 GB free" in why
+    mode, why = auto.auto_cache(30000, 224, free_disk_bytes=30 * gigabyte)  # more than half of it
+    assert mode == "none" and "every epoch decodes the images again" in why
+
+
+def test_free_space_of_a_run_folder_not_made_yet_is_its_nearest_parents(tmp_path):
+    assert auto.free_bytes(tmp_path / "runs" / "a" / "b") == auto.free_bytes(tmp_path) > 0
+    assert not (tmp_path / "runs").exists()
+
+
+def test_an_auto_disk_cache_trains_and_is_removed_when_training_ends(tiny_dataset, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(auto, "MEMORY_CACHE_BYTES", 0)  # the tiny dataset "does not fit in memory"
+    made = []
+    real_cached = pipeline._cached
+    monkeypatch.setattr(pipeline, "_cached", lambda dataset, cache, path: made.append((cache, path))
+                        or real_cached(dataset, cache, path))
+    run_dir = tmp_path / "run"
+    assert train.main(["--data", str(tiny_dataset), "--output-dir", str(run_dir), *TINY,
+                       "--set", "data.image_size=32", "--set", "train.epochs=2"]) == 0
+    out = capsys.readouterr().out
+    assert "data.cache disk, chosen from the data" in out
+    disk_paths = [str(path) for cache, path in made if cache == "disk"]
+    assert len(disk_paths) == 2 and all(path.startswith(str(run_dir / "cache")) for path in disk_paths)  # train, val
+    assert "memory" not in {cache for cache, _ in made}
+    assert "removed the training cache from the run folder" in out
+    assert not (run_dir / "cache").exists() and (run_dir / "best.keras").is_file()
 
 
 def test_progressive_resizing_needs_an_explicit_size_and_epochs():

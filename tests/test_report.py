@@ -9,7 +9,7 @@ import pytest
 from conftest import copy_run
 from PIL import Image
 
-from keras_caltech import plotting
+from keras_caltech.plotting import charts
 from keras_caltech.__main__ import main
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
@@ -102,8 +102,8 @@ def test_the_confusion_matrix_figure_draws_from_3_to_257_classes(tmp_path, num_c
     predictions = np.where(rng.random(labels.shape) < 0.6, labels, rng.integers(0, num_classes, labels.shape))
     matrix = np.zeros((num_classes, num_classes), int)
     np.add.at(matrix, (labels, predictions), 1)
-    path = plotting.plot_confusion_matrix(matrix, [f"{index:03d}.class" for index in range(num_classes)],
-                                          tmp_path / "matrix.png")
+    path = charts.plot_confusion_matrix(matrix, [f"{index:03d}.class" for index in range(num_classes)],
+                                        tmp_path / "matrix.png")
     pixels = np.asarray(Image.open(path).convert("L"))
     assert pixels.std() > 10  # not blank
     if num_classes == 257:

@@ -16,7 +16,7 @@ import numpy as np
 import tensorflow as tf
 import yaml
 
-from keras_caltech import plotting
+from keras_caltech.plotting import charts
 from keras_caltech.config import TTA_MODES, config_to_dict
 from keras_caltech.data.splits import TRAIN_VAL_NOTE, held_out_name
 from keras_caltech.evaluation.tta import TTA_VIEWS
@@ -59,11 +59,11 @@ def write_figures(folder, result, class_names, mode, split="test"):
     """
     folder = pathlib.Path(folder)
     suffix = "" if split == "test" else f"_{split}"
-    plotting.plot_confusion_matrix(np.array(result["confusion_matrix"]), class_names,
-                                   folder / CONFUSION_MATRIX.replace(".png", f"{suffix}.png"),
-                                   title=f"Confusion matrix, row-normalised ({split} split, TTA {mode})")
-    plotting.plot_per_class_accuracy(result["per_class_accuracy"], folder / PER_CLASS.replace(".png", f"{suffix}.png"),
-                                     title=f"Worst classes ({split} split, TTA {mode})")
+    charts.plot_confusion_matrix(np.array(result["confusion_matrix"]), class_names,
+                                 folder / CONFUSION_MATRIX.replace(".png", f"{suffix}.png"),
+                                 title=f"Confusion matrix, row-normalised ({split} split, TTA {mode})")
+    charts.plot_per_class_accuracy(result["per_class_accuracy"], folder / PER_CLASS.replace(".png", f"{suffix}.png"),
+                                   title=f"Worst classes ({split} split, TTA {mode})")
 
 
 def thumbnail_data_uri(path, side=THUMBNAIL_SIDE):

@@ -17,7 +17,8 @@ What ``explain.py`` calls: ``image_files`` (image files to figures), ``runs`` (a
 folder's model, class names and test split), ``gallery`` (a run's sample, mistakes and
 top patches) and ``assess`` (``--evaluate``: scores a run's explanations, with
 ``localisation_scores`` and ``faithfulness_scores``). The figures are drawn by
-``keras_caltech.plotting``, re-exported here.
+``keras_caltech.plotting.explanations`` and written by ``plotting.figures.save_figure``,
+both re-exported here.
 """
 
 from keras_caltech.explain.gradcam import (CamResult, GradCam, GradCamPlusPlus, ScoreCam,
@@ -33,9 +34,10 @@ from keras_caltech.explain.scoring import (centre_point_baseline, deletion_curve
                                            energy_in_box, faithfulness, grid_pointing_game,
                                            insertion_curve, make_mosaic, pointing_game)
 from keras_caltech.explain.views import class_evidence, feature_maps, top_activating_patches
-from keras_caltech.plotting import (downscale, explanation_figure, feature_map_figure,
-                                    gradient_figure, overlay, patches_figure, prediction_title,
-                                    save_figure)
+from keras_caltech.plotting.explanations import (downscale, explanation_figure, feature_map_figure,
+                                                 gradient_figure, overlay, patches_figure,
+                                                 prediction_title)
+from keras_caltech.plotting.figures import save_figure
 
 __all__ = [
     "CamResult", "ChannelGradients", "GradCam", "GradCamPlusPlus", "GuidedBackprop",

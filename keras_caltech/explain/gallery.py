@@ -20,7 +20,8 @@ from keras_caltech.explain.image_files import (CAM_METHODS, Written, class_name,
                                                write_patches)
 from keras_caltech.explain.runs import load_split_images, predict_split, split_dataset
 from keras_caltech.html_page import data_uri, escape, page
-from keras_caltech.plotting import colorize, image_grid, overlay, save_figure
+from keras_caltech.plotting.explanations import colorize, image_grid, overlay
+from keras_caltech.plotting.figures import save_figure
 
 HTML_IMAGE_SIDE = 192  # pixels: small inputs (32-64 px) are upscaled for the page
 _SAMPLE_WIDTH = 18  # inches: wide --sample grids get smaller panels, down to 1.1 inches
@@ -163,7 +164,7 @@ def _sample_figures(run, explainer, groups, indices, images, result):
         result: the explainer's ``CamResult`` for ``images``.
 
     Returns:
-        (rows for ``plotting.image_grid``, HTML figure strings).
+        (rows for ``plotting.explanations.image_grid``, HTML figure strings).
     """
     names = run.class_names
     rows, cards, item = [], [], 0

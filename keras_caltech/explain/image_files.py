@@ -23,8 +23,9 @@ from keras_caltech.explain.model_layers import resolve_spatial_layer
 from keras_caltech.explain.receptive_field import receptive_field
 from keras_caltech.explain.views import feature_maps, top_activating_patches
 from keras_caltech.models.loading import model_image_size
-from keras_caltech.plotting import (downscale, explanation_figure, feature_map_figure, gradient_figure,
-                                    patches_figure, prediction_title, save_figure)
+from keras_caltech.plotting.explanations import (downscale, explanation_figure, feature_map_figure,
+                                                 gradient_figure, patches_figure, prediction_title)
+from keras_caltech.plotting.figures import save_figure
 
 CAM_METHODS = {"gradcam": GradCam, "gradcam++": GradCamPlusPlus, "scorecam": ScoreCam}
 METHODS = (*CAM_METHODS, "guided-backprop", "guided-gradcam", "feature-maps", "patches")

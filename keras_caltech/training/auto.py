@@ -12,7 +12,8 @@ written into the run's config.yaml, so a resumed run keeps them.
   (set ``data.image_size`` above it on a GPU).
 - Cache (``data.cache: auto``): decoded images held in memory when the splits that
   are cached (validation, and training unless it is sampled class-balanced) fit in
-  :data:`MEMORY_CACHE_BYTES` at the size they are decoded to, else none.
+  :data:`MEMORY_CACHE_BYTES` at the size they are decoded to, else on disk in the run
+  folder when they take at most :data:`DISK_CACHE_SHARE` of its free space, else none.
 - Epochs: enough for about :data:`TARGET_STEPS` optimizer steps, between
   :data:`MIN_AUTO_EPOCHS` and :data:`MAX_AUTO_EPOCHS`: a small dataset gets more passes,
   a large one fewer, and the one-cycle schedule stretches over whatever is chosen.
@@ -22,6 +23,7 @@ import dataclasses
 import math
 import pathlib
 import random
+import shutil
 
 import numpy as np
 import tensorflow as tf
@@ -30,6 +32,7 @@ from keras_caltech.config import AUTO, AUTO_CACHE
 from keras_caltech.data.scan import header_size
 
 MEMORY_CACHE_BYTES = 2 * 1024**3  # the float32 images of the cached splits, resized
+DISK_CACHE_SHARE = 0.5  # of the free space a disk cache may take: the rest stays the user's
 MIN_AUTO_IMAGE_SIZE = 32
 MAX_AUTO_IMAGE_SIZE = 128
 SIZE_SAMPLE = 200  # image headers read to find the typical size: enough for a stable median
@@ -122,24 +125,46 @@ def auto_epochs(num_train_images, batch_size):
                     f"about {epochs * steps_per_epoch:,} steps")
 
 
-def auto_cache(num_images, image_size):
-    """The cache mode for ``data.cache: auto``: memory when the decoded images fit.
+def auto_cache(num_images, image_size, free_disk_bytes=0):
+    """The cache mode for ``data.cache: auto``: memory when the decoded images fit, else disk when it has room.
+
+    Without a cache every epoch decodes every image again: 1-2 ms for a few-hundred-pixel
+    JPEG, but about 60 ms for a 12-megapixel photograph (one core of an Intel Xeon),
+    several times a small model's training step per image. A disk cache decodes once and
+    then reads resized images back; it takes at most :data:`DISK_CACHE_SHARE` of the
+    free space, and the run removes it when training ends.
 
     Args:
         num_images: images the cache would hold.
         image_size: the side they are decoded to.
+        free_disk_bytes: free space where the run folder will be (0: no disk cache).
 
     Returns:
-        ("memory" or "none", the reason in words).
+        ("memory", "disk" or "none", the reason in words).
     """
     needed = num_images * image_size * image_size * 3 * 4  # float32 RGB
     if needed <= MEMORY_CACHE_BYTES:
         return "memory", f"{needed / 1024**2:,.0f} MB of decoded images"
-    return "none", (f"{needed / 1024**3:.1f} GB of decoded images is more than "
-                    f"{MEMORY_CACHE_BYTES / 1024**3:.0f} GB; data.cache=disk keeps them on disk")
+    too_big = f"{needed / 1024**3:.1f} GB of decoded images is more than {MEMORY_CACHE_BYTES / 1024**3:.0f} GB"
+    if needed <= DISK_CACHE_SHARE * free_disk_bytes:
+        return "disk", (f"{too_big}; kept in the run folder (of {free_disk_bytes / 1024**3:,.0f} GB free) "
+                        "until training ends, so later epochs do not decode again")
+    return "none", (f"{too_big} and more than {DISK_CACHE_SHARE:.0%} of the {free_disk_bytes / 1024**3:,.1f} GB "
+                    "free for the run folder: every epoch decodes the images again")
 
 
-def resolve_auto(config, train_paths, num_val_images, entry, log=print):
+def free_bytes(folder):
+    """Free space on the disk that holds, or will hold, ``folder`` (its nearest existing parent's)."""
+    folder = pathlib.Path(folder).absolute()
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return 0  # cannot tell: no disk cache
+
+
+def resolve_auto(config, train_paths, num_val_images, entry, log=print, run_dir="."):
     """Returns ``config`` with its auto image size, epochs and cache chosen from the data.
 
     Args:
@@ -149,6 +174,7 @@ def resolve_auto(config, train_paths, num_val_images, entry, log=print):
         num_val_images: images in the validation split.
         entry: the model's registry entry (its published and smallest input sizes).
         log: where the choices and their reasons go.
+        run_dir: the run folder, made or not yet: a disk cache goes in it.
 
     Returns:
         The Config with image size, epochs and cache set (unchanged when none was auto).
@@ -166,7 +192,7 @@ def resolve_auto(config, train_paths, num_val_images, entry, log=print):
         # The training split is cached at its decoding size, larger when a crop follows
         # (augment.load_size), and not at all when it is sampled class-balanced.
         cached = num_val_images + (0 if data.balanced_sampling else len(train_paths))
-        cache, why = auto_cache(cached, max(config.augment.resize_crop, data.image_size))
+        cache, why = auto_cache(cached, max(config.augment.resize_crop, data.image_size), free_bytes(run_dir))
         log(f"data.cache {cache}, chosen from the data ({why})")
         data = dataclasses.replace(data, cache=cache)
     return dataclasses.replace(config, data=data, train=train)

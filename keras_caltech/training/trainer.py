@@ -13,6 +13,7 @@ import dataclasses
 import errno
 import math
 import pathlib
+import shutil
 import sys
 import time
 
@@ -20,7 +21,7 @@ import keras
 import tensorflow as tf
 import yaml
 
-from keras_caltech import plotting
+from keras_caltech.plotting import charts
 from keras_caltech.config import config_to_dict
 from keras_caltech.data import synthetic
 from keras_caltech.data.pipeline import (NORMALIZATION_MODES, EpochBatches, channel_statistics,
@@ -96,14 +97,17 @@ def build_model(config, num_classes, normalization=None, weights=None):
     return create_model(config.model.name, num_classes, config.data.image_size, weights=weights, **kwargs)
 
 
-def choose_from_split(config, root, files, class_names, log):
-    """Splits ``files`` and chooses the config's auto settings from the split; returns (config, splits)."""
+def choose_from_split(config, root, files, class_names, log, run_dir="."):
+    """Splits ``files`` and chooses the config's auto settings from the split; returns (config, splits).
+
+    ``run_dir``: where the run folder will be (a disk cache chosen for ``data.cache: auto`` goes in it).
+    """
     data = config.data
     splits = stratified_split(files, class_names, test_fraction=data.test_fraction, val_fraction=data.val_fraction,
                               train_per_class=data.train_per_class, test_per_class=data.test_per_class,
                               seed=data.split_seed, protocol=data.protocol)
     config = auto.resolve_auto(config, [pathlib.Path(root) / path for path, _ in splits["train"]],
-                               len(splits["val"]), get_model_entry(config.model.name), log=log)
+                               len(splits["val"]), get_model_entry(config.model.name), log=log, run_dir=run_dir)
     return config, splits
 
 
@@ -129,7 +133,7 @@ def _new_run(config, run_dir, log, in_place=False):
     scan = scan_dataset(root, include=config.data.include_classes, exclude=config.data.exclude_classes,
                         cache_dir=config.data.cache_dir, workers=config.data.scan_workers)
     class_names = scan.class_names
-    config, splits = choose_from_split(config, scan.root, scan.files, class_names, log)
+    config, splits = choose_from_split(config, scan.root, scan.files, class_names, log, run_dir)
     _check_memory(config, len(class_names))
 
     if pathlib.Path(run_dir).resolve().is_relative_to(scan.root.resolve()):
@@ -211,7 +215,8 @@ def train(config, output_dir=None, *, resume=False, moved_data=None, verbose=Non
         epoch = _train_phases(runner, strategy, files, class_names, run_dir, checkpoint, nan_guard,
                               resume=resume, verbose=verbose, log=log)
         if (run_dir / "history.csv").is_file():  # none when a resume trained nothing after it was deleted
-            plotting.plot_curves(run_dir / "history.csv", run_dir / "curves.png")
+            charts.plot_curves(run_dir / "history.csv", run_dir / "curves.png")
+    _remove_disk_cache(run_dir, log)
     if nan_guard.stopped_epoch is not None:
         last_good = (f"the last good checkpoint is {run_dir / BEST_MODEL} (epoch {checkpoint.best_epoch})"
                      if checkpoint.best_epoch else "no checkpoint was saved before it")
@@ -242,6 +247,18 @@ def _open_run_folder(config, run_dir, resume, moved_data, log):
     else:
         log(recipes.describe_recipe(config))
     return _new_run(config, run_dir, log, in_place=resume)
+
+
+def _remove_disk_cache(run_dir, log):
+    """Removes the data.cache=disk files once training ends: only epochs read them (evaluation reads the images).
+
+    A stopped run keeps them, for its resume.
+    """
+    cache = run_dir / "cache"
+    if cache.is_dir():
+        size = sum(path.stat().st_size for path in cache.rglob("*") if path.is_file())
+        shutil.rmtree(cache, ignore_errors=True)
+        log(f"removed the training cache from the run folder ({size / 1024**3:.1f} GB)")
 
 
 def _check_memory(config, num_classes):

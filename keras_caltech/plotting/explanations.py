@@ -1,198 +1,18 @@
-"""Every figure the project draws, in one place: training curves, the evaluation's
-figures and the explanations' figures (no screen needed).
+"""The explanations' figures, and the image helpers the galleries share with them.
 
-Figures are built with matplotlib's object API on an Agg canvas (``Figure`` with a
-``FigureCanvasAgg``), never with pyplot: pyplot keeps every open figure in one global
-registry and switches a global backend, which is not thread-safe, while a ``Figure`` of
-its own is. Heatmaps are coloured with OpenCV's JET colormap and blended on the
-original, un-normalized image.
-
-The ``plot_*`` functions write a PNG and return its path; the explanation figures
-return the Figure, which :func:`save_figure` writes.
+Heatmaps are coloured with OpenCV's JET colormap and blended on the original,
+un-normalized image. The figures are returned as matplotlib Figures, which
+:func:`~keras_caltech.plotting.figures.save_figure` writes.
 """
 
-import csv
 import math
-import os
-import pathlib
 
 import cv2
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.colors import PowerNorm
-from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
+from keras_caltech.plotting.figures import new_figure
 
-def _new_figure(width, height, layout="constrained"):
-    """A matplotlib Figure of ``width`` x ``height`` inches on its own Agg canvas."""
-    figure = Figure(figsize=(width, height), layout=layout)
-    FigureCanvasAgg(figure)
-    return figure
-
-
-def save_figure(figure, path):
-    """Writes a figure (PNG by the suffix) and returns its path, creating folders.
-
-    Through a temporary name and an atomic rename: a killed run never leaves half a PNG
-    in its run folder.
-    """
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    figure.savefig(temporary, dpi=100)
-    os.replace(temporary, path)
-    return path
-
-
-# --- Training and evaluation ---------------------------------------------------------
-
-def plot_curves(history_csv, output_path):
-    """Draws loss and accuracy per epoch, training vs validation, from Keras' CSVLogger file."""
-    with open(history_csv, newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    if not rows:
-        return None
-    epochs = [int(row["epoch"]) + 1 for row in rows]
-    figure = _new_figure(10, 4, layout=None)
-    loss_axis, accuracy_axis = figure.subplots(1, 2)
-    for axis, key, title in ((loss_axis, "loss", "Loss"), (accuracy_axis, "accuracy", "Top-1 accuracy")):
-        axis.plot(epochs, [float(row[key]) for row in rows], marker="o", label="train")
-        if f"val_{key}" in rows[0]:
-            axis.plot(epochs, [float(row[f"val_{key}"]) for row in rows], marker="o", label="validation")
-        axis.set_xlabel("epoch")
-        axis.set_title(title)
-        axis.grid(alpha=0.3)
-        axis.legend()
-    figure.tight_layout()
-    return save_figure(figure, output_path)
-
-
-# Confusion matrices: per-cell counts only while they stay legible, class names while
-# the tick labels do not overlap; beyond that a colour bar and class indices.
-_COUNTS_MAX_CLASSES = 20
-_NAMES_MAX_CLASSES = 50
-
-
-def plot_confusion_matrix(matrix, class_names, output_path, *, title="Confusion matrix"):
-    """Draws a row-normalised confusion matrix (each row: where one true class's images went).
-
-    Readable from 2 to a few hundred classes: counts in the cells up to 20 classes, class
-    names on the axes up to 50, above that class indices. The colour scale is a square
-    root (PowerNorm 0.5), so that the few-percent confusions that matter show up beside
-    the bright diagonal.
-
-    Args:
-        matrix: int array (classes, classes) of counts, rows true, columns predicted.
-        class_names: names in label order.
-        output_path: PNG to write.
-        title: figure title.
-
-    Returns:
-        ``output_path``.
-    """
-    matrix = np.asarray(matrix)
-    num_classes = len(class_names)
-    support = matrix.sum(axis=1, keepdims=True)
-    rates = np.divide(matrix, support, out=np.zeros(matrix.shape), where=support > 0)  # rows sum to 1
-    side = min(14.0, max(5.0, 3.0 + 0.4 * num_classes)) if num_classes <= _NAMES_MAX_CLASSES else 12.0
-    figure = _new_figure(side + 1.5, side, layout=None)
-    axis = figure.subplots()
-    shown = axis.imshow(rates, cmap="viridis", norm=PowerNorm(0.5, vmin=0.0, vmax=1.0),
-                        interpolation="nearest")
-    colorbar = figure.colorbar(shown, ax=axis, fraction=0.046, pad=0.04)
-    colorbar.set_label("share of the true class (square-root scale)")
-    if num_classes <= _NAMES_MAX_CLASSES:
-        axis.set_xticks(range(num_classes), class_names, rotation=90, fontsize=8)
-        axis.set_yticks(range(num_classes), class_names, fontsize=8)
-    else:
-        step = next(step for step in (1, 2, 5, 10, 20, 25, 50, 100, 200, 250, 500, 1000, num_classes)
-                    if step >= num_classes / 12)  # about a dozen round-numbered ticks
-        ticks = list(range(0, num_classes, step))
-        axis.set_xticks(ticks, [str(tick) for tick in ticks], fontsize=8)
-        axis.set_yticks(ticks, [str(tick) for tick in ticks], fontsize=8)
-        # Faint lines from the ticks: a bright cell far from both axes can be read off.
-        axis.grid(color="white", alpha=0.15, linewidth=0.5)
-    if num_classes <= _COUNTS_MAX_CLASSES:
-        for true_index in range(num_classes):
-            for predicted_index in range(num_classes):
-                count = int(matrix[true_index, predicted_index])
-                if count:
-                    bright = rates[true_index, predicted_index] > 0.5  # viridis turns yellow
-                    axis.text(predicted_index, true_index, str(count), ha="center", va="center", fontsize=8,
-                              color="black" if bright else "white")
-    index_note = "" if num_classes <= _NAMES_MAX_CLASSES else " (label index, from 0)"
-    axis.set_xlabel(f"predicted class{index_note}")
-    axis.set_ylabel(f"true class{index_note}")
-    axis.set_title(title)
-    figure.tight_layout()
-    return save_figure(figure, output_path)
-
-
-def plot_per_class_accuracy(per_class_accuracy, output_path, *, worst=25, title="Worst classes"):
-    """Draws the accuracies of the ``worst`` classes as named horizontal bars, worst on top.
-
-    With more classes than ``worst`` (Caltech-256's 257), a strip below shows every
-    class's accuracy, worst to best, the named ones in red, and names the best three:
-    the shape of the whole distribution, which the worst few alone do not give.
-
-    Args:
-        per_class_accuracy: class name -> accuracy in [0, 1], or None for a class with
-            no test images (left out).
-        output_path: PNG to write.
-        worst: how many classes to name.
-        title: figure title.
-
-    Returns:
-        ``output_path``.
-    """
-    present = {name: value for name, value in per_class_accuracy.items() if value is not None}
-    ranked = sorted(present.items(), key=lambda item: (item[1], item[0]))  # worst first
-    shown = ranked[:worst]
-    mean = sum(present.values()) / max(1, len(present))
-    bars_height = 0.6 + 0.3 * len(shown)  # inches
-    if len(ranked) > len(shown):
-        figure = _new_figure(8, bars_height + 2.6, layout=None)
-        axis, strip = figure.subplots(2, 1, gridspec_kw={"height_ratios": [bars_height, 1.8]})
-        _accuracy_strip(strip, ranked, len(shown), mean)
-    else:
-        figure = _new_figure(8, bars_height + 0.4, layout=None)
-        axis = figure.subplots()
-    names = [name for name, _ in shown][::-1]  # barh draws bottom-up: reverse to put the worst on top
-    values = [value for _, value in shown][::-1]
-    axis.barh(range(len(shown)), values, color="tab:red", alpha=0.8)
-    for row, value in enumerate(values):
-        axis.text(min(value + 0.01, 0.92), row, f"{value:.0%}", va="center", fontsize=8)
-    axis.set_yticks(range(len(shown)), names, fontsize=8)
-    axis.axvline(mean, color="black", linestyle="--", linewidth=1, label=f"mean per class {mean:.1%}")
-    axis.set_xlim(0, 1)
-    axis.set_xlabel("accuracy on the test split")
-    axis.set_title(f"{title} ({len(shown)} of {len(present)})")
-    axis.legend(loc="upper right", fontsize=8)  # the worst (shortest) bars are at the top
-    axis.grid(axis="x", alpha=0.3)
-    figure.tight_layout()
-    return save_figure(figure, output_path)
-
-
-def _accuracy_strip(axis, ranked, named, mean):
-    """Every class's accuracy as a thin bar, worst to best; the ``named`` worst in red, the best three named."""
-    values = [value for _, value in ranked]
-    colours = ["tab:red" if rank < named else "tab:blue" for rank in range(len(values))]
-    axis.bar(range(len(values)), values, width=1.0, color=colours, alpha=0.8, linewidth=0)
-    axis.axhline(mean, color="black", linestyle="--", linewidth=1)
-    best = ", ".join(f"{name} {value:.0%}" for name, value in ranked[::-1][:3])
-    # Top left: the worst classes' bars are short there, so the text covers none.
-    axis.text(0.01, 0.95, f"best: {best}", transform=axis.transAxes, va="top", fontsize=8)
-    axis.set_xlim(-0.5, len(values) - 0.5)
-    axis.set_ylim(0, 1.15)  # room for the text above a bar at 100%
-    axis.set_yticks([0, 0.5, 1])
-    axis.set_ylabel("accuracy", fontsize=8)
-    axis.set_xlabel(f"all {len(values)} classes, worst to best (red: the ones named above)", fontsize=8)
-    axis.tick_params(labelsize=8)
-    axis.grid(axis="y", alpha=0.3)
-
-
-# --- Explanations --------------------------------------------------------------------
 
 def _as_uint8(image):
     """An RGB 0-255 float image as uint8."""
@@ -286,7 +106,7 @@ def _grid_figure(rows, columns, cell, title_lines=1):
     A fixed layout: the constrained solver takes seconds on 64 panels.
     """
     top_space = 0.35 + 0.17 * title_lines  # inches: the title, then the first row's labels
-    figure = _new_figure(cell * columns, cell * rows + top_space, layout=None)
+    figure = new_figure(cell * columns, cell * rows + top_space, layout=None)
     figure.subplots_adjust(left=0.01, right=0.99, bottom=0.01,
                            top=1 - top_space / (cell * rows + top_space), wspace=0.05, hspace=0.25)
     panels = figure.subplots(rows, columns, squeeze=False).ravel()
@@ -315,7 +135,7 @@ def explanation_figure(image, heatmap, title, empty=False):
         a matplotlib Figure.
     """
     image = downscale(_as_uint8(image), _PANEL_PIXELS)  # the heatmap is resized to it
-    figure = _new_figure(9, 3.4)
+    figure = new_figure(9, 3.4)
     panels = figure.subplots(1, 3)
     _show(panels[0], image, "image")
     heat_label = "empty: evidence argues against the class" if empty else "heatmap"
@@ -356,7 +176,7 @@ def gradient_figure(image, gradients, title, box=None):
     picture = gradient_image(gradients)  # scaled on every pixel, then shrunk
     height = np.shape(image)[0]
     image, picture = downscale(_as_uint8(image), _PANEL_PIXELS), downscale(picture, _PANEL_PIXELS)
-    figure = _new_figure(6, 3.4)
+    figure = new_figure(6, 3.4)
     panels = figure.subplots(1, 2)
     _show(panels[0], image, "image")
     _show(panels[1], picture, "gradient" if box is None else "gradient (box: receptive field)")
@@ -395,7 +215,7 @@ def feature_map_figure(activations, layer_name, max_channels=64):
         row, column = divmod(channel, columns)
         tiles[row * (height + gap):row * (height + gap) + height,
               column * (width + gap):column * (width + gap) + width] = activations[..., channel]
-    figure = _new_figure(0.3 + 0.9 * columns, 0.6 + 0.9 * rows)
+    figure = new_figure(0.3 + 0.9 * columns, 0.6 + 0.9 * rows)
     axes = figure.subplots()
     picture = axes.imshow(tiles, cmap="viridis", interpolation="nearest")
     axes.set_axis_off()
@@ -440,7 +260,7 @@ def image_grid(rows, title, cell=1.8, group=1):
     label_space = 0.45  # inches above each panel for a two-line label
     title_space = 0.4  # inches for the figure title, above the first row's labels
     height = len(rows) * (cell + label_space) + title_space
-    figure = _new_figure(cell * (columns + 0.2 * gaps), height, layout=None)
+    figure = new_figure(cell * (columns + 0.2 * gaps), height, layout=None)
     figure.subplots_adjust(left=0.01, right=0.99, bottom=0.01,
                            top=1 - (title_space + label_space) / height, wspace=0.05,
                            hspace=label_space / cell)
