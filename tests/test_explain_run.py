@@ -206,7 +206,7 @@ def test_patches_scan_the_whole_test_split_of_a_run(run_dir, run_test_split, tmp
     code, out, _ = run_explain(["--run", run_dir, "--method", "patches", "--layer", "block3_relu",
                                 "--channel", 5, "--output-dir", tmp_path], capsys)
     assert code == 0 and f"from {len(paths)} image(s)" in out
-    assert (tmp_path / "patches_channel5.png").is_file()
+    assert (tmp_path / "patches_block3_relu_channel5.png").is_file()  # the layer in the name: another stays
 
 
 # --- --evaluate ----------------------------------------------------------------------

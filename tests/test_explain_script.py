@@ -96,7 +96,7 @@ def test_patches_of_a_class_from_the_command_line_are_receptive_field_crops(tmp_
                          "--class", "0", "--output-dir", str(tmp_path / "figures")]) == 0
     assert "2 patches for class 0 from 2 image(s), each the 8 px receptive field of a unit of spread" in \
         capsys.readouterr().out
-    assert (tmp_path / "figures" / "patches_class0.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "figures" / "patches_spread_class0.png").read_bytes()[:4] == b"\x89PNG"
     for patch in drawn[0]:
         x0, y0, x1, y1 = patch.box
         row, col = corners[patch.image_index]

@@ -9,6 +9,7 @@ onto it.
 
 import dataclasses
 import difflib
+import re
 from pathlib import Path
 
 import numpy as np
@@ -198,10 +199,11 @@ def write_patches(model, batches, num_images, class_index, layer_name, channel, 
     if channel is None and class_index is None:
         raise UserError("--method patches needs a unit: --class NAME|INDEX, or --layer and --channel")
     layer_name = resolve_spatial_layer(model, layer_name)
+    layer_part = re.sub(r"[^A-Za-z0-9_.-]", "_", layer_name)  # the layer in the name: another layer's stays
     if channel is not None:
-        unit, file_name = f"channel {channel} of {layer_name}", f"patches_channel{channel}.png"
+        unit, file_name = f"channel {channel} of {layer_name}", f"patches_{layer_part}_channel{channel}.png"
     else:
-        unit, file_name = class_name(class_index, class_names), f"patches_class{class_index}.png"
+        unit, file_name = class_name(class_index, class_names), f"patches_{layer_part}_class{class_index}.png"
     patches = top_activating_patches(model, batches, layer_name=layer_name, channel=channel,
                                      class_index=class_index, top_k=9,
                                      one_per_image=num_images > 1)
