@@ -27,7 +27,7 @@ import tensorflow as tf
 from caltech_phases import (EFFICIENCY_GOAL, GB, BatchClock, PhaseRow, Setup, batch_images, images_per_second,
                             log_line)
 from keras_caltech.data.augment import load_size
-from keras_caltech.data.pipeline import CACHED_SHUFFLE_BUFFER
+from keras_caltech.data.pipeline import cached_shuffle_buffer
 from keras_caltech.progress import track
 from keras_caltech.training import loop, recipes
 from keras_caltech.training.callbacks import StopOnNonFiniteLoss
@@ -49,7 +49,7 @@ def cache_bytes(setup, split="train"):
 def shuffle_buffer_bytes(setup):
     """Bytes of the decoded images a cached training split's shuffle buffer holds."""
     side = load_size(setup.config.augment, setup.config.data.image_size)
-    return min(len(setup.files["train"][0]), CACHED_SHUFFLE_BUFFER) * side * side * 3 * 4
+    return cached_shuffle_buffer(len(setup.files["train"][0]), side) * side * side * 3 * 4
 
 
 def cache_modes(setup):
@@ -89,8 +89,7 @@ def fill_row(setup, batches, cache, progress=True):
                     "img/s", note=f"{seconds:.0f} s for {images:,} images, pipeline alone; {stored}",
                     peak_bytes=memory.peak, start_bytes=memory.start,
                     expected=(f"+{cache_bytes(setup) / GB:.1f} GB (the cache)" if cache == "memory" else
-                              f"+{shuffle_buffer_bytes(setup) / GB:.1f} GB (shuffle buffer of "
-                              f"{CACHED_SHUFFLE_BUFFER} images)"))
+                              f"+{shuffle_buffer_bytes(setup) / GB:.1f} GB (the shuffle buffer)"))
 
 
 @dataclasses.dataclass
@@ -155,7 +154,7 @@ def _train_row(setup, cache, rate, bare_rate, contender, bare, alone):
     extra = {"none": 0, "disk": shuffle_buffer_bytes(setup), "memory": 0}[cache]
     estimate = training_memory_bytes(setup.model, batch_size)
     expected = (f"+{(estimate + extra) / GB:.1f} GB: the step (training/memory.py's estimate)"
-                + (f" + the {CACHED_SHUFFLE_BUFFER}-image shuffle buffer" if extra else "")
+                + (" + the shuffle buffer" if extra else "")
                 + ("; the cache itself is held since its first pass" if cache == "memory" else ""))
     return PhaseRow(
         "train", f"{setup.title}, batch {batch_size}: whole loop, data.cache={cache}", rate, "img/s",

@@ -134,6 +134,21 @@ def test_channel_statistics_match_a_hand_computation():
     np.testing.assert_allclose(std, [0.5, 0.0, 0.0], atol=1e-5)
 
 
+def test_channel_statistics_equal_a_float64_reference_over_many_batches_and_a_partial_last_one():
+    rng = np.random.default_rng(0)
+    # 5 images of 120 x 100: batches of 24,000 pixels (more than one slice of rows) and a last one of 12,000
+    images = rng.normal([120.0, 60.0, 200.0], [30.0, 10.0, 25.0], size=(5, 120, 100, 3)).clip(0, 255)
+    images = images.astype(np.float32)  # (5, 120, 100, 3), 0-255, as the pipeline yields them
+    dataset = tf.data.Dataset.from_tensor_slices((images, np.zeros(5, np.int32))).batch(2)
+    for max_batches, used in ((None, 5), (2, 4)):
+        pixels = images[:used].reshape(-1, 3).astype(np.float64) / 255.0
+        mean, std = pipeline.channel_statistics(dataset, max_batches=max_batches)
+        np.testing.assert_allclose(mean, pixels.mean(axis=0), rtol=0, atol=1e-6)
+        np.testing.assert_allclose(std, pixels.std(axis=0), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(mean, np.array([120.0, 60.0, 200.0]) / 255, atol=0.005)  # the data are as made
+    np.testing.assert_allclose(std, np.array([30.0, 10.0, 25.0]) / 255, atol=0.005)
+
+
 ALL_AUGMENTATIONS = AugmentConfig(horizontal_flip=True, rotation=0.05, translation=0.1, zoom=0.1, shear=0.1,
                                   resize_crop=40, color_jitter=0.2)
 

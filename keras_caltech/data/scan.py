@@ -6,7 +6,8 @@ nested folder (``056.dog/greg``), grayscale and CMYK JPEGs, and, from other sour
 truncated or zero-byte files. The scan decodes every candidate once with the very
 decoder the pipeline uses, in parallel, keeps what decodes, and records why the rest
 was excluded. Results are cached per file (size and modification time), so a second
-run over an unchanged tree decodes nothing.
+run over an unchanged tree decodes nothing, and a first scan that is stopped (Ctrl-C)
+or killed resumes from its last save instead of from zero.
 """
 
 import concurrent.futures
@@ -17,6 +18,7 @@ import json
 import os
 import pathlib
 import sys
+import time
 
 import tensorflow as tf
 
@@ -28,6 +30,10 @@ from keras_caltech.progress import ProgressLine
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 # 2: MAX_PIXELS lowered, PNG/GIF/BMP sizes checked; 3: every GIF frame, WebP and JPEG XL (data/pixel_limit.py)
 SCAN_CACHE_VERSION = 3
+# How often a scan that is decoding saves the verdicts so far. Rewriting the cache of a
+# 30,607-image tree (2.2 MB of JSON) takes ~30 ms: 0.2% of the time at this interval,
+# and a killed first scan loses at most this much work.
+CACHE_SAVE_SECONDS = 15.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -167,15 +173,77 @@ def _load_cache(path):
 
 
 def _save_cache(cache_file, root, cache):
-    """Writes the scan cache atomically; a folder that cannot hold it costs a rescan, not the run."""
+    """Writes the scan cache atomically; a folder that cannot hold it costs a rescan, not the run.
+
+    Returns:
+        True if saved, False (after a warning on stderr) if not.
+    """
     temporary = cache_file.with_suffix(".tmp")
     try:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
         temporary.write_text(json.dumps({"version": SCAN_CACHE_VERSION, "root": str(root), "files": cache}))
         os.replace(temporary, cache_file)  # atomic: a killed scan never leaves half a cache
+        return True
     except OSError as error:
         print(f"warning: cannot save the scan cache in {cache_file.parent} ({error.strerror}); the next run "
               "scans again. Set data.cache_dir to a folder you can write to", file=sys.stderr)
+        return False
+
+
+def _check_files(root, to_check, cache, cache_file, *, workers, progress):
+    """Decodes files in parallel, recording each verdict in ``cache`` and saving it as it goes.
+
+    The cache is saved to ``cache_file`` (None: never) every CACHE_SAVE_SECONDS, at the end,
+    and when the scan is interrupted, so a stopped first scan of a big tree is not lost.
+    Only checks that finished are recorded; a file being decoded when a scan was killed is
+    simply checked again next time.
+
+    Args:
+        root: the dataset folder.
+        to_check: (path relative to root, [size, mtime_ns]) of each file to decode.
+        cache: {relative path: [size, mtime_ns, reason]}, updated in place.
+        cache_file, workers, progress: as :func:`scan_dataset`.
+
+    Returns:
+        {relative path: None if usable, else the reason}.
+    """
+    verdicts, unsaved, last_save = {}, 0, time.monotonic()
+
+    def save():
+        nonlocal cache_file, unsaved, last_save
+        if cache_file and unsaved and not _save_cache(cache_file, root, cache):
+            cache_file = None  # one warning, not one every CACHE_SAVE_SECONDS
+        unsaved, last_save = 0, time.monotonic()
+
+    # Decoding releases the GIL inside TensorFlow ops, so threads use every core.
+    pool = concurrent.futures.ThreadPoolExecutor(workers or os.cpu_count() or 1)
+    futures = []
+    try:
+        with ProgressLine(f"scanning {root.name}", len(to_check), enabled=progress) as line:
+            futures = [pool.submit(check_image, root / relative) for relative, _ in to_check]
+            for (relative, key), future in zip(to_check, futures):
+                reason = future.result()
+                verdicts[relative] = reason
+                cache[relative] = key + [reason]
+                unsaved += 1
+                line.advance()
+                if time.monotonic() - last_save >= CACHE_SAVE_SECONDS:
+                    save()
+    except BaseException:
+        # Ctrl-C, or a check that failed unexpectedly: drop the files not yet started, let the
+        # few being decoded finish (one image each), and keep every verdict that completed,
+        # including those finished out of order, before the exception goes on.
+        pool.shutdown(wait=True, cancel_futures=True)
+        for (relative, key), future in zip(to_check, futures):
+            if relative not in verdicts and future.done() and not future.cancelled() \
+                    and future.exception() is None:
+                cache[relative] = key + [future.result()]
+                unsaved += 1
+        save()
+        raise
+    pool.shutdown()
+    save()
+    return verdicts
 
 
 def scan_dataset(root, *, include=(), exclude=(), cache_dir=None, workers=0, progress=True):
@@ -184,7 +252,8 @@ def scan_dataset(root, *, include=(), exclude=(), cache_dir=None, workers=0, pro
     Args:
         root: dataset folder.
         include, exclude: class selection, see :func:`discover_classes`.
-        cache_dir: where per-tree scan results are cached; None disables the cache.
+        cache_dir: where per-tree scan results are cached, saved while the scan runs so
+            an interrupted scan resumes; None disables the cache.
         workers: decoding threads; 0 means one per CPU core.
         progress: draw a progress line on stderr while files are decoded (none when
             the cache holds every file's verdict).
@@ -225,17 +294,8 @@ def scan_dataset(root, *, include=(), exclude=(), cache_dir=None, workers=0, pro
             verdicts[relative] = cached[2]
         else:
             to_check.append((relative, key))
-    # Decoding releases the GIL inside TensorFlow ops, so threads use every core.
-    with concurrent.futures.ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool, \
-            ProgressLine(f"scanning {root.name}", len(to_check), enabled=progress and bool(to_check)) as line:
-        reasons = pool.map(lambda item: check_image(root / item[0]), to_check)
-        for (relative, key), reason in zip(to_check, reasons):
-            verdicts[relative] = reason
-            cache[relative] = key + [reason]
-            line.advance()
-
-    if cache_file and to_check:
-        _save_cache(cache_file, root, cache)
+    if to_check:
+        verdicts.update(_check_files(root, to_check, cache, cache_file, workers=workers, progress=progress))
 
     files = [(relative, label) for relative, label in candidates if verdicts[relative] is None]
     excluded += [(relative, verdicts[relative]) for relative, _ in candidates if verdicts[relative]]
