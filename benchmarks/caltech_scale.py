@@ -1,6 +1,6 @@
 """The Caltech-scale rehearsal: scan, split, train, evaluate and export on a tree of Caltech-256's size.
 
-    python benchmarks/caltech_scale.py                # 30,607 JPEGs, 257 classes (about 40 minutes on 2 quiet cores)
+    python benchmarks/caltech_scale.py                # 30,607 JPEGs, 257 classes (about an hour on 2 quiet cores)
     python benchmarks/caltech_scale.py --write-docs   # also rewrite the caltech_scale table in docs/performance.md
     python benchmarks/caltech_scale.py --classes 4 --scale 0.02 --image-size 32 --batch-size 2 \\
         --steps 4 --rounds 2 --eval-images 4 --eval-batches 1   # wiring only, in about a minute
