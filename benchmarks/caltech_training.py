@@ -27,7 +27,7 @@ import tensorflow as tf
 from caltech_phases import (EFFICIENCY_GOAL, GB, BatchClock, PhaseRow, Setup, batch_images, images_per_second,
                             log_line)
 from keras_caltech.data.augment import load_size
-from keras_caltech.data.pipeline import cached_shuffle_buffer
+from keras_caltech.data.pipeline import cached_shuffle_buffer, decoded_bytes
 from keras_caltech.progress import track
 from keras_caltech.training import loop, recipes
 from keras_caltech.training.callbacks import StopOnNonFiniteLoss
@@ -43,13 +43,13 @@ MEMORY_CACHE_SHARE = 0.5
 def cache_bytes(setup, split="train"):
     """Bytes a memory cache of ``split``'s decoded images takes (float32, at their decoding size)."""
     side = load_size(setup.config.augment, setup.config.data.image_size)
-    return len(setup.files[split][0]) * side * side * 3 * 4
+    return decoded_bytes(len(setup.files[split][0]), side)
 
 
 def shuffle_buffer_bytes(setup):
     """Bytes of the decoded images a cached training split's shuffle buffer holds."""
     side = load_size(setup.config.augment, setup.config.data.image_size)
-    return cached_shuffle_buffer(len(setup.files["train"][0]), side) * side * side * 3 * 4
+    return decoded_bytes(cached_shuffle_buffer(len(setup.files["train"][0]), side), side)
 
 
 def cache_modes(setup):

@@ -33,6 +33,7 @@ from keras_caltech.errors import UserError
 BEST_MODEL = "best.keras"
 STATE_FILE = "training_state.npz"  # written by training/resume.py
 LOCK_FILE = ".lock"  # written by training/lock.py
+DISK_CACHE = "cache"  # data.cache=disk's files, kept until training ends (training/trainer.py)
 
 
 class WriteFailed(UserError):

@@ -255,9 +255,14 @@ def _cached(dataset, cache, cache_path):
     return dataset
 
 
+def decoded_bytes(num_images, side):
+    """Bytes that ``num_images`` decoded images take in a cache: float32 RGB, ``side`` px square."""
+    return num_images * side * side * 3 * 4
+
+
 def cached_shuffle_buffer(num_images, side):
     """Images a cached training split's reshuffle holds, at ``side`` px (see :data:`CACHED_SHUFFLE_BYTES`)."""
-    return max(1, min(num_images, CACHED_SHUFFLE_BUFFER, CACHED_SHUFFLE_BYTES // (side * side * 3 * 4)))
+    return max(1, min(num_images, CACHED_SHUFFLE_BUFFER, CACHED_SHUFFLE_BYTES // decoded_bytes(1, side)))
 
 
 def epoch_seed(seed, epoch):

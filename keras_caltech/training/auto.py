@@ -29,6 +29,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_caltech.config import AUTO, AUTO_CACHE
+from keras_caltech.data.pipeline import decoded_bytes
 from keras_caltech.data.scan import header_size
 
 MEMORY_CACHE_BYTES = 2 * 1024**3  # the float32 images of the cached splits, resized
@@ -142,7 +143,7 @@ def auto_cache(num_images, image_size, free_disk_bytes=0):
     Returns:
         ("memory", "disk" or "none", the reason in words).
     """
-    needed = num_images * image_size * image_size * 3 * 4  # float32 RGB
+    needed = decoded_bytes(num_images, image_size)
     if needed <= MEMORY_CACHE_BYTES:
         return "memory", f"{needed / 1024**2:,.0f} MB of decoded images"
     too_big = f"{needed / 1024**3:.1f} GB of decoded images is more than {MEMORY_CACHE_BYTES / 1024**3:.0f} GB"

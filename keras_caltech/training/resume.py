@@ -44,8 +44,8 @@ import numpy as np
 from keras_caltech.config import load_config
 from keras_caltech.data.scan import ScanResult
 from keras_caltech.errors import UserError
-from keras_caltech.runs import (BEST_MODEL, STATE_FILE, checked_path, checkpoint_damage, holds_only_leftovers,
-                                open_run, read_json, remove_partial_files, replaced_atomically)
+from keras_caltech.runs import (BEST_MODEL, DISK_CACHE, STATE_FILE, checked_path, checkpoint_damage,
+                                holds_only_leftovers, open_run, read_json, remove_partial_files, replaced_atomically)
 from keras_caltech.training.distribute import tf_config_task_index, with_worker_suffix
 from keras_caltech.training.history import HISTORY_FILE, history_value, truncate_history
 from keras_caltech.training.lock import lock_run_folder
@@ -297,7 +297,7 @@ def reopen_run_folder(run_dir, moved_data=None, log=print):
     removed = remove_partial_files(run_dir)
     if removed:
         log(f"deleted {len(removed)} partial file(s) left by the interrupted run: {', '.join(removed)}")
-    cache_dir = run_dir / "cache"
+    cache_dir = run_dir / DISK_CACHE
     if any(cache_dir.glob("*.lockfile")):
         shutil.rmtree(cache_dir)  # tf.data's disk cache was cut off mid-write: rebuild it
     report = read_json(run_dir / "data_report.json")

@@ -39,7 +39,7 @@ from keras_caltech.training.memory import check_training_memory
 from keras_caltech.training.precision import set_precision
 from keras_caltech.training.resume import (STATE_FILE, SaveTrainingState, completed_epochs, reopen_run_folder,
                                            restore_training, unwritten_data_files)
-from keras_caltech.runs import (BEST_MODEL, WriteFailed, checked_path, create_run_folder, read_json,
+from keras_caltech.runs import (BEST_MODEL, DISK_CACHE, WriteFailed, checked_path, create_run_folder, read_json,
                                 remove_partial_files, write_atomically, write_json)
 
 # Dataset statistics from a sample: enough for three means and deviations, and fast on Caltech-256.
@@ -254,7 +254,7 @@ def _remove_disk_cache(run_dir, log):
 
     A stopped run keeps them, for its resume.
     """
-    cache = run_dir / "cache"
+    cache = run_dir / DISK_CACHE
     if cache.is_dir():
         size = sum(path.stat().st_size for path in cache.rglob("*") if path.is_file())
         shutil.rmtree(cache, ignore_errors=True)
@@ -337,7 +337,7 @@ def _train_phases(runner, strategy, files, class_names, run_dir, checkpoint, nan
         with strategy.scope():  # the model's, optimizer's and metrics' variables: one copy per replica
             model = runner.enter(phase)
         if phase.image_size not in fit_data:
-            fit_data[phase.image_size] = recipes.make_fit_data(phase.config, files, class_names, run_dir / "cache",
+            fit_data[phase.image_size] = recipes.make_fit_data(phase.config, files, class_names, run_dir / DISK_CACHE,
                                                                config.data.image_size, class_weight)
         train_batches, val_data = fit_data[phase.image_size]
         build_training_state(model, strategy, val_data if val_data is not None else train_batches(phase.first_epoch))
